@@ -1,0 +1,394 @@
+//! `/admin/v1/agents`: create, list, get, update, delete. Agents are addressed by internal id
+//! here; their `public_id` is for visitor-facing paths only.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use parley_runtime::agents::{
+    self, Agent, AgentInput, AgentRetention, ModelChoice, ModelProvider, RetrievalSettings, StorageTier, VoiceSettings,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{page_type, timestamp};
+use crate::extract::{parse_id, ApiJson, ApiQuery, ListParams, TenantKey};
+use crate::problem::ApiError;
+use crate::AppState;
+
+/// The language model an agent uses.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelDto {
+    /// `local` (in-process, from the model cache), `openai_compatible` or `anthropic`.
+    pub provider: ProviderDto,
+    /// Local: the model's name in the model cache. Remote: the provider's model name.
+    pub model: String,
+    /// Remote providers: the API base URL (required for `openai_compatible`).
+    pub base_url: Option<String>,
+    /// 0 to 2.
+    pub temperature: f32,
+    /// Greater than 0, at most 1.
+    pub top_p: f32,
+    /// 1 to 32768.
+    pub max_tokens: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderDto {
+    Local,
+    OpenaiCompatible,
+    Anthropic,
+}
+
+impl Default for ModelDto {
+    fn default() -> Self {
+        ModelChoice::default().into()
+    }
+}
+
+impl From<ModelChoice> for ModelDto {
+    fn from(model: ModelChoice) -> Self {
+        Self {
+            provider: match model.provider {
+                ModelProvider::Local => ProviderDto::Local,
+                ModelProvider::OpenaiCompatible => ProviderDto::OpenaiCompatible,
+                ModelProvider::Anthropic => ProviderDto::Anthropic,
+            },
+            model: model.model,
+            base_url: model.base_url,
+            temperature: model.temperature,
+            top_p: model.top_p,
+            max_tokens: model.max_tokens,
+        }
+    }
+}
+
+impl From<ModelDto> for ModelChoice {
+    fn from(model: ModelDto) -> Self {
+        Self {
+            provider: match model.provider {
+                ProviderDto::Local => ModelProvider::Local,
+                ProviderDto::OpenaiCompatible => ModelProvider::OpenaiCompatible,
+                ProviderDto::Anthropic => ModelProvider::Anthropic,
+            },
+            model: model.model,
+            base_url: model.base_url,
+            temperature: model.temperature,
+            top_p: model.top_p,
+            max_tokens: model.max_tokens,
+        }
+    }
+}
+
+/// How the agent searches its knowledge base.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrievalDto {
+    pub enabled: bool,
+    /// Passages retrieved per turn, 1 to 50.
+    pub top_k: u32,
+    /// Minimum relevance, 0 to 1.
+    pub min_score: f32,
+    /// Said when nothing relevant is found.
+    pub no_answer_message: String,
+}
+
+impl Default for RetrievalDto {
+    fn default() -> Self {
+        RetrievalSettings::default().into()
+    }
+}
+
+impl From<RetrievalSettings> for RetrievalDto {
+    fn from(value: RetrievalSettings) -> Self {
+        Self {
+            enabled: value.enabled,
+            top_k: value.top_k,
+            min_score: value.min_score,
+            no_answer_message: value.no_answer_message,
+        }
+    }
+}
+
+impl From<RetrievalDto> for RetrievalSettings {
+    fn from(value: RetrievalDto) -> Self {
+        Self {
+            enabled: value.enabled,
+            top_k: value.top_k,
+            min_score: value.min_score,
+            no_answer_message: value.no_answer_message,
+        }
+    }
+}
+
+/// Voice calls with the agent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoiceDto {
+    pub enabled: bool,
+    pub speech_to_text_model: String,
+    pub voice: String,
+    /// 1 to 1000.
+    pub max_concurrent_calls: u32,
+    /// Silence that ends the caller's turn, 100 to 10000 ms.
+    pub end_of_turn_silence_ms: u32,
+    /// Spoken at the start of every call.
+    pub disclosure: String,
+}
+
+impl Default for VoiceDto {
+    fn default() -> Self {
+        VoiceSettings::default().into()
+    }
+}
+
+impl From<VoiceSettings> for VoiceDto {
+    fn from(value: VoiceSettings) -> Self {
+        Self {
+            enabled: value.enabled,
+            speech_to_text_model: value.speech_to_text_model,
+            voice: value.voice,
+            max_concurrent_calls: value.max_concurrent_calls,
+            end_of_turn_silence_ms: value.end_of_turn_silence_ms,
+            disclosure: value.disclosure,
+        }
+    }
+}
+
+impl From<VoiceDto> for VoiceSettings {
+    fn from(value: VoiceDto) -> Self {
+        Self {
+            enabled: value.enabled,
+            speech_to_text_model: value.speech_to_text_model,
+            voice: value.voice,
+            max_concurrent_calls: value.max_concurrent_calls,
+            end_of_turn_silence_ms: value.end_of_turn_silence_ms,
+            disclosure: value.disclosure,
+        }
+    }
+}
+
+/// Per-agent overrides of the tenant's retention.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionDto {
+    /// Days transcripts are kept; null follows the tenant's setting; 0 stores none.
+    pub transcript_days: Option<u32>,
+    /// Record call audio (stored encrypted); off unless opted in.
+    pub record_audio: bool,
+    pub audio_days: Option<u32>,
+    /// `full`, `redacted` or `metadata_only`.
+    pub storage_tier: StorageTierDto,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageTierDto {
+    #[default]
+    Full,
+    Redacted,
+    MetadataOnly,
+}
+
+impl From<AgentRetention> for RetentionDto {
+    fn from(value: AgentRetention) -> Self {
+        Self {
+            transcript_days: value.transcript_days,
+            record_audio: value.record_audio,
+            audio_days: value.audio_days,
+            storage_tier: match value.storage_tier {
+                StorageTier::Full => StorageTierDto::Full,
+                StorageTier::Redacted => StorageTierDto::Redacted,
+                StorageTier::MetadataOnly => StorageTierDto::MetadataOnly,
+            },
+        }
+    }
+}
+
+impl From<RetentionDto> for AgentRetention {
+    fn from(value: RetentionDto) -> Self {
+        Self {
+            transcript_days: value.transcript_days,
+            record_audio: value.record_audio,
+            audio_days: value.audio_days,
+            storage_tier: match value.storage_tier {
+                StorageTierDto::Full => StorageTier::Full,
+                StorageTierDto::Redacted => StorageTier::Redacted,
+                StorageTierDto::MetadataOnly => StorageTier::MetadataOnly,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentResponse {
+    /// Internal id, used in the admin API.
+    pub id: String,
+    /// Public id, used by the widget and visitor-facing channels.
+    pub public_id: String,
+    pub name: String,
+    pub system_prompt: String,
+    pub greeting: String,
+    pub language: String,
+    pub model: ModelDto,
+    pub retrieval: RetrievalDto,
+    pub voice: VoiceDto,
+    pub retention: RetentionDto,
+    pub allowed_origins: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<Agent> for AgentResponse {
+    fn from(agent: Agent) -> Self {
+        Self {
+            id: agent.id.to_string(),
+            public_id: agent.public_id,
+            name: agent.name,
+            system_prompt: agent.system_prompt,
+            greeting: agent.greeting,
+            language: agent.language,
+            model: agent.model.into(),
+            retrieval: agent.retrieval.into(),
+            voice: agent.voice.into(),
+            retention: agent.retention.into(),
+            allowed_origins: agent.allowed_origins,
+            created_at: timestamp(agent.created_at),
+            updated_at: timestamp(agent.updated_at),
+        }
+    }
+}
+
+page_type!(AgentList, AgentResponse);
+
+/// A new agent: only `name` is required. A nested section given replaces that section, with
+/// defaults for the fields it leaves out.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAgentRequest {
+    pub name: String,
+    /// The persona and rules, first in every prompt.
+    pub system_prompt: Option<String>,
+    pub greeting: Option<String>,
+    /// A language tag such as `en` or `pt-BR` (default `en`).
+    pub language: Option<String>,
+    pub model: Option<ModelDto>,
+    pub retrieval: Option<RetrievalDto>,
+    pub voice: Option<VoiceDto>,
+    pub retention: Option<RetentionDto>,
+    /// Origins allowed to embed the widget, e.g. `https://example.com`.
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+/// Changes to an agent: fields left out are unchanged; a nested section given is replaced whole.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAgentRequest {
+    pub name: Option<String>,
+    pub system_prompt: Option<String>,
+    pub greeting: Option<String>,
+    pub language: Option<String>,
+    pub model: Option<ModelDto>,
+    pub retrieval: Option<RetrievalDto>,
+    pub voice: Option<VoiceDto>,
+    pub retention: Option<RetentionDto>,
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+impl From<CreateAgentRequest> for AgentInput {
+    fn from(request: CreateAgentRequest) -> Self {
+        AgentInput {
+            name: Some(request.name),
+            system_prompt: request.system_prompt,
+            greeting: request.greeting,
+            language: request.language,
+            model: request.model.map(Into::into),
+            retrieval: request.retrieval.map(Into::into),
+            voice: request.voice.map(Into::into),
+            retention: request.retention.map(Into::into),
+            allowed_origins: request.allowed_origins,
+        }
+    }
+}
+
+impl From<UpdateAgentRequest> for AgentInput {
+    fn from(request: UpdateAgentRequest) -> Self {
+        AgentInput {
+            name: request.name,
+            system_prompt: request.system_prompt,
+            greeting: request.greeting,
+            language: request.language,
+            model: request.model.map(Into::into),
+            retrieval: request.retrieval.map(Into::into),
+            voice: request.voice.map(Into::into),
+            retention: request.retention.map(Into::into),
+            allowed_origins: request.allowed_origins,
+        }
+    }
+}
+
+/// Create an agent.
+#[utoipa::path(post, path = "/admin/v1/agents", tag = "agents", request_body = CreateAgentRequest, security(("api_key" = [])),
+    responses((status = 201, body = AgentResponse), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+pub async fn create(
+    State(state): State<AppState>,
+    TenantKey(principal): TenantKey,
+    ApiJson(request): ApiJson<CreateAgentRequest>,
+) -> Result<(StatusCode, Json<AgentResponse>), ApiError> {
+    let agent = agents::create(&state.runtime, &principal, request.into()).await?;
+    Ok((StatusCode::CREATED, Json(agent.into())))
+}
+
+/// List the tenant's agents.
+#[utoipa::path(get, path = "/admin/v1/agents", tag = "agents", params(ListParams), security(("api_key" = [])),
+    responses((status = 200, body = AgentList), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+pub async fn list(
+    State(state): State<AppState>,
+    TenantKey(principal): TenantKey,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<AgentList>, ApiError> {
+    let page = state.runtime.page_request(params.limit, params.cursor.as_deref())?;
+    Ok(Json(AgentList::from_page(agents::list(&state.runtime, &principal, page).await?, AgentResponse::from)))
+}
+
+/// One agent.
+#[utoipa::path(get, path = "/admin/v1/agents/{agent_id}", tag = "agents", params(("agent_id" = String, Path)),
+    security(("api_key" = [])),
+    responses((status = 200, body = AgentResponse), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+pub async fn get(
+    State(state): State<AppState>,
+    TenantKey(principal): TenantKey,
+    Path(agent_id): Path<String>,
+) -> Result<Json<AgentResponse>, ApiError> {
+    let agent_id = parse_id(&agent_id, "agent")?;
+    Ok(Json(agents::get(&state.runtime, &principal, agent_id).await?.into()))
+}
+
+/// Change an agent.
+#[utoipa::path(patch, path = "/admin/v1/agents/{agent_id}", tag = "agents", params(("agent_id" = String, Path)),
+    request_body = UpdateAgentRequest, security(("api_key" = [])),
+    responses((status = 200, body = AgentResponse), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+pub async fn update(
+    State(state): State<AppState>,
+    TenantKey(principal): TenantKey,
+    Path(agent_id): Path<String>,
+    ApiJson(request): ApiJson<UpdateAgentRequest>,
+) -> Result<Json<AgentResponse>, ApiError> {
+    let agent_id = parse_id(&agent_id, "agent")?;
+    Ok(Json(agents::update(&state.runtime, &principal, agent_id, request.into()).await?.into()))
+}
+
+/// Delete an agent.
+#[utoipa::path(delete, path = "/admin/v1/agents/{agent_id}", tag = "agents", params(("agent_id" = String, Path)),
+    security(("api_key" = [])),
+    responses((status = 204), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+pub async fn delete(
+    State(state): State<AppState>,
+    TenantKey(principal): TenantKey,
+    Path(agent_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let agent_id = parse_id(&agent_id, "agent")?;
+    agents::delete(&state.runtime, &principal, agent_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

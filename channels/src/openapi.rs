@@ -1,0 +1,55 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations, and the built-in docs page.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::admin::{agents, audit, keys, tenants};
+use crate::ops;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Parley", description = "Admin and operations API of a Parley node. Errors are RFC 9457 problem documents (`application/problem+json`) with a stable `code`."),
+    paths(
+        ops::healthz, ops::readyz, ops::metrics,
+        tenants::create, tenants::list, tenants::get_own, tenants::update_own,
+        agents::create, agents::list, agents::get, agents::update, agents::delete,
+        keys::create, keys::list, keys::get, keys::revoke,
+        audit::list,
+    ),
+    components(schemas(crate::problem::Problem)),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "tenants", description = "Tenants (operator) and the calling key's own tenant"),
+        (name = "agents", description = "Agents"),
+        (name = "api-keys", description = "API keys; the secret is shown once"),
+        (name = "audit", description = "The audit log of admin mutations"),
+        (name = "operations", description = "Health, readiness and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A tenant API key (`pk_…`)"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "operator_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The node's `operator_key` setting"))
+                    .build(),
+            ),
+        );
+    }
+}

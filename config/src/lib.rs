@@ -1,0 +1,533 @@
+//! Parley's typed settings.
+//!
+//! Owns the one `Settings` struct, its built-in defaults and the layering that produces it:
+//! defaults → TOML file → `PARLEY_*` environment variables → command-line overrides.
+//! Every layer is validated against the struct (`deny_unknown_fields`), and errors name the
+//! offending key and the layer it came from.
+//!
+//! Must not touch: anything of Parley's other crates (this crate depends on none of them), the
+//! process environment (callers pass the environment in as a map, so loading is testable), or
+//! the file system beyond reading the one TOML file it is given.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variables that start with `PARLEY_` but are not settings. They are read by
+/// Parley's command-line clients (or by nothing at all) and never break server start-up.
+pub const NON_SETTING_VARIABLES: &[&str] = &[
+    // Used by the API-client commands (`parley ingest`, `parley export`, …).
+    "PARLEY_URL",
+    "PARLEY_KEY",
+    // Overrides the log filter directive (same syntax as `RUST_LOG`).
+    "PARLEY_LOG",
+    // Points the CLI at a settings file, as `--config` does.
+    "PARLEY_CONFIG",
+];
+
+/// The prefix every setting's environment variable starts with.
+pub const ENV_PREFIX: &str = "PARLEY_";
+
+/// Every setting of a Parley node. The defaults serve out of the box: SQLite in `./data`,
+/// listening on `127.0.0.1:8080`, with a demo tenant and agent on first start.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Bearer token for operator endpoints (`/admin/v1/tenants`). Unset disables them.
+    pub operator_key: Option<String>,
+    /// Directory for the SQLite database, indexes, and the lock file.
+    pub data_dir: PathBuf,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub log: LogSettings,
+    pub rate_limit: RateLimitSettings,
+    pub api: ApiSettings,
+    pub demo: DemoSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            operator_key: None,
+            data_dir: PathBuf::from("./data"),
+            server: ServerSettings::default(),
+            database: DatabaseSettings::default(),
+            log: LogSettings::default(),
+            rate_limit: RateLimitSettings::default(),
+            api: ApiSettings::default(),
+            demo: DemoSettings::default(),
+        }
+    }
+}
+
+/// How the HTTP server listens.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// The URL visitors and clients use to reach this node (printed at start-up).
+    pub public_url: Option<String>,
+    /// Largest request body accepted, in bytes; larger bodies get `413`.
+    pub max_body_bytes: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
+    pub shutdown_grace_seconds: u64,
+    /// Built-in TLS. Both paths set turns HTTPS on.
+    pub tls: TlsSettings,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace_seconds: 30,
+            tls: TlsSettings::default(),
+        }
+    }
+}
+
+/// Certificate and private key, PEM-encoded.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        self.cert_path.is_some() && self.key_path.is_some()
+    }
+}
+
+/// Where data is stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `postgres://…` for PostgreSQL, `sqlite://PATH` for a specific SQLite file; unset means
+    /// SQLite at `<data_dir>/parley.db`.
+    pub url: Option<String>,
+    /// Largest number of pooled connections.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: None, max_connections: 8 }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter directive, e.g. `info` or `parley=debug,info`.
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { format: LogFormat::Human, filter: "info".to_owned() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Per-key token bucket applied to every authenticated request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    /// Tokens added per second.
+    pub requests_per_second: f64,
+    /// Bucket size: the largest burst a key may send at once.
+    pub burst: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self { requests_per_second: 20.0, burst: 100 }
+    }
+}
+
+/// Behaviour of the admin API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Items per page when a list request names no `limit`.
+    pub default_page_size: u32,
+    /// Largest `limit` a list request may ask for.
+    pub max_page_size: u32,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self { default_page_size: 50, max_page_size: 200 }
+    }
+}
+
+/// The demo tenant and agent created on first start.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoSettings {
+    /// Create a demo tenant, agent and owner key when the database has no tenant yet.
+    pub enabled: bool,
+}
+
+impl Default for DemoSettings {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// Why settings could not be loaded. Each variant names the key and the layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read settings file {path}: {source}")]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    #[error("settings file {path} is not valid TOML: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("environment variable {variable} is not a Parley setting (known non-setting variables: {known})")]
+    UnknownVariable { variable: String, known: String },
+    #[error("invalid setting `{key}` (from {origin}): {reason}")]
+    Invalid { key: String, origin: String, reason: String },
+}
+
+/// Command-line overrides, the last layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Loads settings in layers. `environment` is the process environment (or a test's map).
+pub fn load(
+    file: Option<&Path>,
+    environment: &BTreeMap<String, String>,
+    overrides: &Overrides,
+) -> Result<Settings, ConfigError> {
+    let mut merged = toml::Value::try_from(Settings::default()).map_err(|error| ConfigError::Invalid {
+        key: "(defaults)".to_owned(),
+        origin: "built-in defaults".to_owned(),
+        reason: error.to_string(),
+    })?;
+
+    if let Some(path) = file {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile { path: path.to_owned(), source })?;
+        let file_value: toml::Value = toml::from_str(&text)
+            .map_err(|error| ConfigError::ParseFile { path: path.to_owned(), message: error.to_string() })?;
+        // Validate the file on its own first so an error names the file as its origin.
+        check_layer(file_value.clone(), &format!("settings file {}", path.display()))?;
+        merge(&mut merged, file_value);
+    }
+
+    for (variable, raw) in environment {
+        let Some(rest) = variable.strip_prefix(ENV_PREFIX) else { continue };
+        if NON_SETTING_VARIABLES.contains(&variable.as_str()) {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if path.iter().any(String::is_empty) || !is_known_path(&path) {
+            return Err(ConfigError::UnknownVariable {
+                variable: variable.clone(),
+                known: NON_SETTING_VARIABLES.join(", "),
+            });
+        }
+        let layer = nest(&path, parse_scalar(raw));
+        check_layer(layer.clone(), &format!("environment variable {variable}"))?;
+        merge(&mut merged, layer);
+    }
+
+    if let Some(listen) = overrides.listen {
+        merge(&mut merged, nest(&["server".into(), "listen".into()], toml::Value::String(listen.to_string())));
+    }
+    if let Some(data_dir) = &overrides.data_dir {
+        merge(&mut merged, nest(&["data_dir".into()], toml::Value::String(data_dir.display().to_string())));
+    }
+
+    let settings = deserialize(merged, "merged settings")?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+impl Settings {
+    /// Checks what types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| ConfigError::Invalid {
+            key: key.to_owned(),
+            origin: "merged settings".to_owned(),
+            reason: reason.to_owned(),
+        };
+        if let Some(key) = &self.operator_key {
+            if key.len() < 16 {
+                return Err(invalid("operator_key", "must be at least 16 characters long"));
+            }
+        }
+        if let Some(url) = &self.database.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:")) {
+                return Err(invalid("database.url", "must start with postgres://, postgresql:// or sqlite:"));
+            }
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if !(self.rate_limit.requests_per_second.is_finite() && self.rate_limit.requests_per_second > 0.0) {
+            return Err(invalid("rate_limit.requests_per_second", "must be a positive number"));
+        }
+        if self.rate_limit.burst == 0 {
+            return Err(invalid("rate_limit.burst", "must be at least 1"));
+        }
+        if self.api.default_page_size == 0 || self.api.default_page_size > self.api.max_page_size {
+            return Err(invalid("api.default_page_size", "must be between 1 and api.max_page_size"));
+        }
+        if self.server.tls.cert_path.is_some() != self.server.tls.key_path.is_some() {
+            return Err(invalid("server.tls", "cert_path and key_path must be set together"));
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect: the configured one, or SQLite in the data directory.
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("parley.db").display()),
+        }
+    }
+
+    /// True when the database is PostgreSQL.
+    pub fn uses_postgres(&self) -> bool {
+        self.database_url().starts_with("postgres")
+    }
+}
+
+fn deserialize(value: toml::Value, origin: &str) -> Result<Settings, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let key = error.path().to_string();
+        ConfigError::Invalid {
+            key: if key == "." { "(root)".to_owned() } else { key },
+            origin: origin.to_owned(),
+            reason: error.into_inner().to_string(),
+        }
+    })
+}
+
+/// Validates one layer by merging it over the defaults and deserialising the result.
+fn check_layer(layer: toml::Value, origin: &str) -> Result<(), ConfigError> {
+    let mut value = toml::Value::try_from(Settings::default()).map_err(|error| ConfigError::Invalid {
+        key: "(defaults)".to_owned(),
+        origin: origin.to_owned(),
+        reason: error.to_string(),
+    })?;
+    merge(&mut value, layer);
+    deserialize(value, origin).map(|_| ())
+}
+
+/// Every setting's dotted key: the names `PARLEY_*` variables and the example file use.
+pub const SETTING_KEYS: &[&str] = &[
+    "operator_key",
+    "data_dir",
+    "server.listen",
+    "server.public_url",
+    "server.max_body_bytes",
+    "server.shutdown_grace_seconds",
+    "server.tls.cert_path",
+    "server.tls.key_path",
+    "database.url",
+    "database.max_connections",
+    "log.format",
+    "log.filter",
+    "rate_limit.requests_per_second",
+    "rate_limit.burst",
+    "api.default_page_size",
+    "api.max_page_size",
+    "demo.enabled",
+];
+
+/// True when `path` names a setting of `Settings`.
+fn is_known_path(path: &[String]) -> bool {
+    SETTING_KEYS.contains(&path.join(".").as_str())
+}
+
+/// Reads an environment value as a TOML scalar (number, boolean, array) where it parses as
+/// one, and as a string otherwise.
+fn parse_scalar(raw: &str) -> toml::Value {
+    let trimmed = raw.trim();
+    if let Ok(table) = toml::from_str::<toml::Table>(&format!("v = {trimmed}")) {
+        if let Some(value) = table.get("v") {
+            if !matches!(value, toml::Value::Table(_)) {
+                return value.clone();
+            }
+        }
+    }
+    toml::Value::String(raw.to_owned())
+}
+
+fn nest(path: &[String], leaf: toml::Value) -> toml::Value {
+    path.iter().rev().fold(leaf, |inner, key| {
+        let mut table = toml::Table::new();
+        table.insert(key.clone(), inner);
+        toml::Value::Table(table)
+    })
+}
+
+fn merge(base: &mut toml::Value, layer: toml::Value) {
+    match (base, layer) {
+        (toml::Value::Table(base_table), toml::Value::Table(layer_table)) => {
+            for (key, value) in layer_table {
+                match base_table.get_mut(&key) {
+                    Some(existing) if existing.is_table() && value.is_table() => merge(existing, value),
+                    _ => {
+                        base_table.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, layer) => *base = layer,
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(match self {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn load_env(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        load(None, &env(pairs), &Overrides::default())
+    }
+
+    #[test]
+    fn defaults_are_valid_and_use_sqlite_in_data_dir() {
+        let settings = load_env(&[]).unwrap();
+        assert_eq!(settings, Settings::default());
+        assert_eq!(settings.database_url(), "sqlite://./data/parley.db");
+        assert!(!settings.uses_postgres());
+    }
+
+    #[test]
+    fn environment_nests_with_double_underscore() {
+        let settings = load_env(&[
+            ("PARLEY_SERVER__LISTEN", "0.0.0.0:9000"),
+            ("PARLEY_OPERATOR_KEY", "an-operator-key-of-length"),
+            ("PARLEY_RATE_LIMIT__BURST", "7"),
+            ("PARLEY_DEMO__ENABLED", "false"),
+            ("PARLEY_LOG__FORMAT", "json"),
+        ])
+        .unwrap();
+        assert_eq!(settings.server.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(settings.operator_key.as_deref(), Some("an-operator-key-of-length"));
+        assert_eq!(settings.rate_limit.burst, 7);
+        assert!(!settings.demo.enabled);
+        assert_eq!(settings.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn non_setting_variables_are_ignored() {
+        let settings = load_env(&[
+            ("TEST_POSTGRES_URL", "postgres://x"),
+            ("PARLEY_URL", "http://127.0.0.1:8080"),
+            ("PARLEY_KEY", "secret"),
+            ("PARLEY_LOG", "debug"),
+            ("HOME", "/root"),
+        ])
+        .unwrap();
+        assert_eq!(settings, Settings::default());
+    }
+
+    #[test]
+    fn unknown_parley_variable_is_named() {
+        let error = load_env(&[("PARLEY_SERVER__LISTN", "1")]).unwrap_err().to_string();
+        assert!(error.contains("PARLEY_SERVER__LISTN"), "{error}");
+    }
+
+    #[test]
+    fn invalid_value_names_key_and_origin() {
+        let error = load_env(&[("PARLEY_SERVER__LISTEN", "not-an-address")]).unwrap_err().to_string();
+        assert!(error.contains("server.listen"), "{error}");
+        assert!(error.contains("PARLEY_SERVER__LISTEN"), "{error}");
+    }
+
+    #[test]
+    fn file_layer_then_env_then_flags() {
+        let dir = std::env::temp_dir().join(format!("parley-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("parley.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/srv/parley\"\n[server]\nlisten = \"127.0.0.1:1111\"\nmax_body_bytes = 4096\n",
+        )
+        .unwrap();
+        let overrides = Overrides { listen: Some("127.0.0.1:3333".parse().unwrap()), data_dir: None };
+        let settings = load(Some(&path), &env(&[("PARLEY_SERVER__MAX_BODY_BYTES", "8192")]), &overrides).unwrap();
+        assert_eq!(settings.data_dir, PathBuf::from("/srv/parley"));
+        assert_eq!(settings.server.max_body_bytes, 8192);
+        assert_eq!(settings.server.listen.to_string(), "127.0.0.1:3333");
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_named() {
+        let dir = std::env::temp_dir().join(format!("parley-config-test-unknown-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("parley.toml");
+        std::fs::write(&path, "[server]\nlistne = \"x\"\n").unwrap();
+        let error = load(Some(&path), &BTreeMap::new(), &Overrides::default()).unwrap_err().to_string();
+        assert!(error.contains("listne"), "{error}");
+        assert!(error.contains("parley.toml"), "{error}");
+    }
+
+    #[test]
+    fn semantic_validation_names_key() {
+        let error = load_env(&[("PARLEY_OPERATOR_KEY", "short")]).unwrap_err().to_string();
+        assert!(error.contains("operator_key"), "{error}");
+        let error = load_env(&[("PARLEY_DATABASE__URL", "mysql://x")]).unwrap_err().to_string();
+        assert!(error.contains("database.url"), "{error}");
+    }
+
+    #[test]
+    fn example_file_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("parley.example.toml");
+        let settings = load(Some(&path), &BTreeMap::new(), &Overrides::default()).unwrap();
+        assert_eq!(settings, Settings::default());
+    }
+
+    #[test]
+    fn every_setting_is_documented_in_example_and_loadable_from_env() {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("parley.example.toml")).unwrap();
+        for key in SETTING_KEYS {
+            let leaf = key.rsplit('.').next().unwrap();
+            assert!(
+                text.lines().any(|line| line.trim_start_matches(['#', ' ']).starts_with(&format!("{leaf} ="))),
+                "parley.example.toml does not document `{key}`"
+            );
+            let variable = format!("PARLEY_{}", key.replace('.', "__").to_ascii_uppercase());
+            let error = load_env(&[(&variable, "\u{0}")]).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(!error.contains("is not a Parley setting"), "{variable}: {error}");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The runtime's one error type and the transport-neutral kind every error maps to.
+
+/// What went wrong, in terms a caller can act on. `channels` turns each kind into a status
+/// code with an exhaustive match, so a new kind cannot silently become a 500.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The input is malformed or violates a rule; the message says which field and why.
+    InvalidInput,
+    /// No credentials, or credentials that match no live key.
+    Unauthenticated,
+    /// The credentials are valid but their role does not allow the action.
+    PermissionDenied,
+    /// The resource does not exist for this tenant (including resources of other tenants).
+    NotFound,
+    /// The action conflicts with the current state.
+    Conflict,
+    /// The caller sent too many requests; retry after the given seconds.
+    RateLimited,
+    /// A dependency (the database) is unreachable.
+    Unavailable,
+    /// A bug or an unexpected failure; details are logged, never shown.
+    Internal,
+}
+
+/// Errors of the runtime crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{field}: {reason}")]
+    InvalidInput { field: String, reason: String },
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("this key's role ({role}) may not {action}")]
+    PermissionDenied { role: &'static str, action: &'static str },
+    #[error("{resource} not found")]
+    NotFound { resource: &'static str },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("rate limit exceeded; retry after {retry_after_seconds} s")]
+    RateLimited { retry_after_seconds: u64 },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Locked(String),
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidInput { .. } => ErrorKind::InvalidInput,
+            Error::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            Error::PermissionDenied { .. } => ErrorKind::PermissionDenied,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Conflict(_) | Error::Locked(_) => ErrorKind::Conflict,
+            Error::RateLimited { .. } => ErrorKind::RateLimited,
+            Error::Database(error) if is_unavailable(error) => ErrorKind::Unavailable,
+            Error::Database(_) | Error::Migration(_) | Error::Corrupt(_) | Error::Io(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// A stable, machine-readable code for the error, used as the problem document's `code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidInput { .. } => "invalid_input",
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::PermissionDenied { .. } => "forbidden",
+            Error::NotFound { .. } => "not_found",
+            Error::Conflict(_) => "conflict",
+            Error::Locked(_) => "data_dir_locked",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Database(error) if is_unavailable(error) => "unavailable",
+            Error::Database(_) | Error::Migration(_) | Error::Corrupt(_) | Error::Io(_) => "internal",
+        }
+    }
+
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidInput { field: field.into(), reason: reason.into() }
+    }
+}
+
+fn is_unavailable(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,247 @@
+//! The `parley` command: runs a node (`serve`) and its offline administration (`admin …`).
+//!
+//! Start-up and CLI glue only: settings, logging, the data-directory lock, then the runtime and
+//! channels do the work.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use parley_config::{LogFormat, Overrides, Settings};
+use parley_runtime::auth::Role;
+use parley_runtime::lock::DataDirLock;
+use parley_runtime::tenants::{self, DemoStatus};
+use parley_runtime::Runtime;
+
+/// Parley: a runtime for conversational AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "parley", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// Settings file (TOML); see config/parley.example.toml.
+    #[arg(long, global = true, env = "PARLEY_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Data directory (database, indexes, lock file); overrides `data_dir`.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Address to listen on; overrides `server.listen`.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// Offline administration of the data directory (refused while a server holds it).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create a tenant and its first owner key; prints JSON with the key's secret (shown once).
+    CreateTenant {
+        /// The tenant's display name.
+        name: String,
+    },
+    /// Mint an API key for a tenant; prints JSON with the secret (shown once).
+    CreateKey {
+        /// The tenant's id.
+        #[arg(long)]
+        tenant: String,
+        /// owner, admin, editor, viewer or client.
+        #[arg(long, default_value = "owner")]
+        role: String,
+        /// A name to recognise the key by.
+        #[arg(long, default_value = "created with parley admin create-key")]
+        name: String,
+    },
+    /// List tenants as JSON lines.
+    ListTenants,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let listen = match &cli.command {
+        Command::Serve { listen } => *listen,
+        Command::Admin(_) => None,
+    };
+    let environment: BTreeMap<String, String> = std::env::vars().collect();
+    let overrides = Overrides { listen, data_dir: cli.global.data_dir.clone() };
+    let settings = parley_config::load(cli.global.config.as_deref(), &environment, &overrides)?;
+    init_logging(&settings, environment.get("PARLEY_LOG").map(String::as_str))?;
+    match cli.command {
+        Command::Serve { .. } => serve(settings).await,
+        Command::Admin(command) => admin(settings, command).await,
+    }
+}
+
+fn init_logging(settings: &Settings, override_filter: Option<&str>) -> anyhow::Result<()> {
+    let directive = override_filter.unwrap_or(&settings.log.filter);
+    let filter = tracing_subscriber::EnvFilter::try_new(directive)
+        .with_context(|| format!("invalid log filter {directive:?} (log.filter or PARLEY_LOG)"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match settings.log.format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let _lock = DataDirLock::acquire(&settings.data_dir, "a Parley server")?;
+    let runtime = Runtime::open(settings.clone()).await.context("cannot open the database")?;
+    let grace = Duration::from_secs(settings.server.shutdown_grace_seconds);
+    let tls = settings.server.tls.enabled();
+    let scheme = if tls { "https" } else { "http" };
+    let listener = tokio::net::TcpListener::bind(settings.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
+    let local = listener.local_addr()?;
+    let base_url = settings.server.public_url.clone().unwrap_or_else(|| format!("{scheme}://{local}"));
+
+    println!("Parley {} listening on {scheme}://{local}", env!("CARGO_PKG_VERSION"));
+    println!("  health:   {base_url}/healthz");
+    println!("  API docs: {base_url}/docs  (OpenAPI: {base_url}/openapi.json)");
+    if settings.demo.enabled {
+        report_demo(&runtime, &settings, &base_url).await?;
+    }
+
+    let state = parley_channels::AppState::new(runtime.clone())?;
+    tracing::info!(address = %local, tls, "serving");
+    if let (true, Some(cert), Some(key)) = (tls, &settings.server.tls.cert_path, &settings.server.tls.key_path) {
+        let listener = listener.into_std()?;
+        parley_channels::serve_tls(listener, state, cert, key, shutdown_signal(), grace).await?;
+    } else {
+        parley_channels::serve(listener, state, shutdown_signal(), grace).await?;
+    }
+    runtime.database().close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn report_demo(runtime: &Runtime, settings: &Settings, base_url: &str) -> anyhow::Result<()> {
+    match tenants::ensure_demo(runtime).await? {
+        DemoStatus::Created { tenant, agent, owner_token } => {
+            println!();
+            println!("Created the demo tenant {} with the agent \"{}\" ({}).", tenant.id, agent.name, agent.id);
+            println!("Its owner key, shown this once and stored nowhere in plain text:");
+            println!();
+            println!("    {owner_token}");
+            println!();
+            println!("Try: curl -H 'Authorization: Bearer {owner_token}' {base_url}/admin/v1/agents");
+        }
+        DemoStatus::Existing { tenant_id } => {
+            println!();
+            println!("Demo tenant: {tenant_id}. Its owner key was printed on first start only.");
+            println!(
+                "To mint a new one, stop the server and run: parley admin create-key --data-dir {} --tenant {tenant_id} --role owner",
+                settings.data_dir.display()
+            );
+        }
+        DemoStatus::NotCreated => {}
+    }
+    Ok(())
+}
+
+async fn admin(settings: Settings, command: AdminCommand) -> anyhow::Result<()> {
+    let _lock = DataDirLock::acquire(&settings.data_dir, "a parley admin command")?;
+    let runtime = Runtime::open(settings).await.context("cannot open the database")?;
+    let output = match command {
+        AdminCommand::CreateTenant { name } => {
+            let created = tenants::create(&runtime, &name).await?;
+            serde_json::json!({
+                "tenant": { "id": created.tenant.id, "name": created.tenant.name },
+                "owner_key": { "id": created.owner_key.key.id, "role": "owner", "secret": created.owner_key.token },
+            })
+        }
+        AdminCommand::CreateKey { tenant, role, name } => {
+            let tenant_id = tenant.parse().with_context(|| format!("{tenant:?} is not a tenant id"))?;
+            let role = Role::parse(&role)
+                .with_context(|| format!("{role:?} is not a role (owner, admin, editor, viewer, client)"))?;
+            let created = parley_runtime::keys::create_by_operator(&runtime, tenant_id, &name, role).await?;
+            serde_json::json!({
+                "tenant_id": tenant_id,
+                "key": { "id": created.key.id, "role": role.as_str(), "secret": created.token },
+            })
+        }
+        AdminCommand::ListTenants => {
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = runtime.page_request(Some(200), cursor.as_deref())?;
+                let tenants = tenants::list_all(&runtime, page).await?;
+                for tenant in &tenants.items {
+                    println!("{}", serde_json::json!({ "id": tenant.id, "name": tenant.name }));
+                }
+                match tenants.next_cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            runtime.database().close().await;
+            return Ok(());
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&output)?);
+    runtime.database().close().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received; draining in-flight requests");
+}
