@@ -57,10 +57,11 @@ pub async fn fresh_postgres_database() -> Option<String> {
     CLEANED
         .get_or_init(|| async {
             // Databases of earlier runs (named with their creation time) older than three hours.
-            let names: Vec<(String,)> = sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'parley_t_%'")
-                .fetch_all(&mut connection)
-                .await
-                .unwrap_or_default();
+            let names: Vec<(String,)> =
+                sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'parley_t_%'")
+                    .fetch_all(&mut connection)
+                    .await
+                    .unwrap_or_default();
             for (name,) in names {
                 let created: u64 = name.split('_').nth(2).and_then(|part| part.parse().ok()).unwrap_or(now);
                 if now.saturating_sub(created) > 3 * 3600 {
@@ -85,7 +86,6 @@ pub struct TestServer {
     pub client: reqwest::Client,
     pub runtime: Runtime,
     pub data_dir: tempfile::TempDir,
-    pub backend: Backend,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -119,15 +119,7 @@ impl TestServer {
             let _ = receiver.await;
         };
         let task = tokio::spawn(parley_channels::serve(listener, state, shutdown, Duration::from_secs(5)));
-        Some(Self {
-            base,
-            client: reqwest::Client::new(),
-            runtime,
-            data_dir,
-            backend,
-            shutdown: Some(sender),
-            task: Some(task),
-        })
+        Some(Self { base, client: reqwest::Client::new(), runtime, data_dir, shutdown: Some(sender), task: Some(task) })
     }
 
     /// Sends a request with an optional bearer token and JSON body; returns status and JSON.
@@ -147,7 +139,8 @@ impl TestServer {
         if status >= 400 {
             assert_eq!(content_type, "application/problem+json", "{status} {path}: {text}");
         }
-        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         (status, value)
     }
 
@@ -183,7 +176,8 @@ impl TestServer {
 
     /// Creates a key of `role`; returns (key id, secret).
     pub async fn key(&self, token: &str, role: &str) -> (String, String) {
-        let (status, body) = self.post("/admin/v1/api-keys", token, json!({ "name": format!("{role} key"), "role": role })).await;
+        let (status, body) =
+            self.post("/admin/v1/api-keys", token, json!({ "name": format!("{role} key"), "role": role })).await;
         assert_eq!(status, 201, "{body}");
         (body["key"]["id"].as_str().unwrap().to_owned(), body["secret"].as_str().unwrap().to_owned())
     }
@@ -214,7 +208,8 @@ pub fn parley_binary() -> PathBuf {
 /// Process-wide: environment variables a spawned binary must not inherit from the test harness.
 pub fn clean_command() -> std::process::Command {
     static VARIABLES: OnceLock<Vec<String>> = OnceLock::new();
-    let variables = VARIABLES.get_or_init(|| std::env::vars().map(|(key, _)| key).filter(|key| key.starts_with("PARLEY_")).collect());
+    let variables = VARIABLES
+        .get_or_init(|| std::env::vars().map(|(key, _)| key).filter(|key| key.starts_with("PARLEY_")).collect());
     let mut command = std::process::Command::new(parley_binary());
     for variable in variables {
         command.env_remove(variable);

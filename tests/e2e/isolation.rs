@@ -1,0 +1,65 @@
+//! Tenant isolation: a key of tenant A, on every admin route that takes an id, against tenant
+//! B's resources gets 404 — and nothing of B changes.
+
+use serde_json::Value;
+
+use crate::both_backends;
+use crate::common::{Backend, TestServer};
+use crate::matrix::{body, routes, Case};
+
+both_backends!(other_tenants_resources_are_not_found_and_unchanged);
+
+async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let (_, owner_a) = server.tenant("A").await;
+    let (tenant_b, owner_b) = server.tenant("B").await;
+    let agent_a = server.agent(&owner_a, "agent of A").await;
+    let agent_b = server.agent(&owner_b, "agent of B").await;
+    let (viewer_key_b, viewer_b) = server.key(&owner_b, "viewer").await;
+    let (owner_key_b, _) = server.key(&owner_b, "owner").await;
+
+    let snapshot = |token: String| {
+        let server = &server;
+        async move {
+            let agents = server.get("/admin/v1/agents", &token).await.1;
+            let keys = server.get("/admin/v1/api-keys", &token).await.1;
+            let audit = server.get("/admin/v1/audit-log?limit=200", &token).await.1;
+            let tenant = server.get("/admin/v1/tenant", &token).await.1;
+            (agents, keys, audit, tenant)
+        }
+    };
+    let before = snapshot(owner_b.clone()).await;
+
+    let mut walked = 0;
+    for route in routes().into_iter().filter(|route| route.path.contains('{')) {
+        let key_id = if route.case == Case::OwnerKeyTarget { &owner_key_b } else { &viewer_key_b };
+        let path = route.path.replace("{agent_id}", agent_b["id"].as_str().unwrap()).replace("{key_id}", key_id);
+        let (status, problem) = server.call(route.method.clone(), &path, Some(&owner_a), body(route.case)).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (404, Some("not_found")),
+            "{} {} with tenant A's key against tenant B: {problem}",
+            route.method,
+            route.path
+        );
+        walked += 1;
+    }
+    assert_eq!(walked, 6);
+
+    // Routes without ids act on A's own tenant and never show B's data.
+    for path in ["/admin/v1/agents", "/admin/v1/api-keys", "/admin/v1/audit-log", "/admin/v1/tenant"] {
+        let (status, response) = server.get(path, &owner_a).await;
+        assert_eq!(status, 200);
+        let text = response.to_string();
+        for foreign in [agent_b["id"].as_str().unwrap(), &viewer_key_b, &owner_key_b, &tenant_b] {
+            assert!(!text.contains(foreign), "{path} of tenant A shows {foreign} of tenant B");
+        }
+    }
+    assert!(server.get("/admin/v1/agents", &owner_a).await.1.to_string().contains(agent_a["id"].as_str().unwrap()));
+
+    let after = snapshot(owner_b.clone()).await;
+    assert_eq!(before, after, "tenant B changed");
+    assert_eq!(server.get("/admin/v1/agents", &viewer_b).await.0, 200, "B's keys still work");
+    let _: Value = after.0;
+    server.stop().await;
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: the real router over real sockets (SQLite and PostgreSQL), and the real
+//! `parley` binary as a user runs it.
+
+mod common;
+
+mod admin_api;
+mod bad_input;
+mod binary;
+mod isolation;
+mod matrix;
+mod storage;
