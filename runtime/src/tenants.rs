@@ -98,7 +98,7 @@ const DEMO_TENANT_KEY: &str = "demo_tenant_id";
 #[derive(Debug, Clone)]
 pub enum DemoStatus {
     /// Created just now; the owner token is shown this once.
-    Created { tenant: Tenant, agent: agents::Agent, owner_token: String },
+    Created { tenant: Tenant, agent: Box<agents::Agent>, owner_token: String },
     /// Created on an earlier start.
     Existing { tenant_id: Uuid },
     /// The node already had tenants of its own when the demo was enabled.
@@ -130,5 +130,5 @@ pub async fn ensure_demo(runtime: &Runtime) -> Result<DemoStatus> {
     .await?;
     storage::meta::set(&mut transaction, DEMO_TENANT_KEY, &created.tenant.id.to_string()).await?;
     transaction.commit().await?;
-    Ok(DemoStatus::Created { tenant: created.tenant, agent, owner_token: created.owner_key.token })
+    Ok(DemoStatus::Created { tenant: created.tenant, agent: Box::new(agent), owner_token: created.owner_key.token })
 }

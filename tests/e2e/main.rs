@@ -9,3 +9,4 @@ mod binary;
 mod isolation;
 mod matrix;
 mod storage;
+mod tidy;
