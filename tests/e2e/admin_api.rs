@@ -265,3 +265,55 @@ async fn metrics_count_requests_by_route(backend: Backend) {
     assert_eq!(ready.status().as_u16(), 200);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_a_request_in_flight() {
+    let server = TestServer::start(Backend::Sqlite).await.unwrap();
+    let (_, owner) = server.tenant("Draining").await;
+    // A request whose body is still arriving when shutdown begins.
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let stream =
+        futures::stream::unfold(
+            receiver,
+            |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
+        );
+    let request = server
+        .client
+        .post(format!("{}/admin/v1/agents", server.base))
+        .bearer_auth(&owner)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send();
+    let in_flight = tokio::spawn(request);
+    sender.send(Ok(br#"{"name": "#.to_vec())).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let stopping = tokio::spawn(server.stop());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!stopping.is_finished(), "shutdown waits for the request in flight");
+    sender.send(Ok(br#""finished during shutdown"}"#.to_vec())).await.unwrap();
+    drop(sender);
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    stopping.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_say_nothing_about_their_cause() {
+    let server = TestServer::start(Backend::Sqlite).await.unwrap();
+    let (_, owner) = server.tenant("Broken").await;
+    // The database goes away under a running node.
+    server.runtime.database().close().await;
+    let response =
+        server.client.get(format!("{}/admin/v1/agents", server.base)).bearer_auth(&owner).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], "unavailable");
+    let detail = problem["detail"].as_str().unwrap().to_lowercase();
+    for internal in ["pool", "sqlx", "sqlite", "closed"] {
+        assert!(!detail.contains(internal), "{detail}");
+    }
+    let ready = server.client.get(format!("{}/readyz", server.base)).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let health = server.client.get(format!("{}/healthz", server.base)).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200, "the process is still up");
+}
