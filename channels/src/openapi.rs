@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::admin::{agents, audit, keys, tenants};
+use crate::admin::{agents, audit, documents, keys, tenants};
 use crate::ops;
 
 #[derive(OpenApi)]
@@ -15,6 +15,7 @@ use crate::ops;
         agents::create, agents::list, agents::get, agents::update, agents::delete,
         keys::create, keys::list, keys::get, keys::revoke,
         audit::list,
+        documents::create, documents::list, documents::get, documents::replace, documents::delete, documents::search,
     ),
     components(schemas(crate::problem::Problem)),
     modifiers(&SecuritySchemes),
@@ -23,6 +24,7 @@ use crate::ops;
         (name = "agents", description = "Agents"),
         (name = "api-keys", description = "API keys; the secret is shown once"),
         (name = "audit", description = "The audit log of admin mutations"),
+        (name = "knowledge", description = "Agents' knowledge bases: documents and search"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]

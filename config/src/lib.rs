@@ -46,6 +46,11 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     pub api: ApiSettings,
     pub demo: DemoSettings,
+    pub knowledge: KnowledgeSettings,
+    pub models: ModelSettings,
+    /// The user's home directory, from `HOME` (not a setting), for default cache paths.
+    #[serde(skip)]
+    pub home_dir: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -59,6 +64,9 @@ impl Default for Settings {
             rate_limit: RateLimitSettings::default(),
             api: ApiSettings::default(),
             demo: DemoSettings::default(),
+            knowledge: KnowledgeSettings::default(),
+            models: ModelSettings::default(),
+            home_dir: None,
         }
     }
 }
@@ -191,6 +199,53 @@ impl Default for DemoSettings {
     }
 }
 
+/// Knowledge bases: document limits, chunking, and the bounded caches of open indexes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KnowledgeSettings {
+    /// Largest document accepted, in bytes (uploads and CLI ingestion).
+    pub max_document_bytes: usize,
+    /// Largest number of pages read from a PDF.
+    pub max_pdf_pages: usize,
+    /// Largest chunk, in characters.
+    pub chunk_max_chars: usize,
+    /// Characters shared by consecutive pieces of a long block.
+    pub chunk_overlap_chars: usize,
+    /// Tenant indexes kept open for searching (readers); the least recently used close first.
+    pub open_indexes: usize,
+    /// Tenant indexes kept open for writing; each holds `writer_memory_bytes`.
+    pub open_writers: usize,
+    /// Indexing memory per open writer, in bytes (at least 15000000).
+    pub writer_memory_bytes: usize,
+    /// Memory for tenants' in-memory dense vectors, in bytes; the least recently used are dropped.
+    pub dense_cache_bytes: usize,
+}
+
+impl Default for KnowledgeSettings {
+    fn default() -> Self {
+        Self {
+            max_document_bytes: 20 * 1024 * 1024,
+            max_pdf_pages: 500,
+            chunk_max_chars: 1200,
+            chunk_overlap_chars: 200,
+            open_indexes: 64,
+            open_writers: 4,
+            writer_memory_bytes: 20_000_000,
+            dense_cache_bytes: 512 * 1024 * 1024,
+        }
+    }
+}
+
+/// Where models live and which ones are used.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSettings {
+    /// The model cache that `parley models install` fills. Unset means `~/.cache/parley/models`.
+    pub dir: Option<PathBuf>,
+    /// Where `make models` downloads model packages. Unset means `~/.cache/parley/packages`.
+    pub packages_dir: Option<PathBuf>,
+}
+
 /// Why settings could not be loaded. Each variant names the key and the layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -257,7 +312,8 @@ pub fn load(
         merge(&mut merged, nest(&["data_dir".into()], toml::Value::String(data_dir.display().to_string())));
     }
 
-    let settings = deserialize(merged, "merged settings")?;
+    let mut settings = deserialize(merged, "merged settings")?;
+    settings.home_dir = environment.get("HOME").filter(|home| !home.is_empty()).map(PathBuf::from);
     settings.validate()?;
     Ok(settings)
 }
@@ -295,6 +351,25 @@ impl Settings {
         if self.api.default_page_size == 0 || self.api.default_page_size > self.api.max_page_size {
             return Err(invalid("api.default_page_size", "must be between 1 and api.max_page_size"));
         }
+        let knowledge = &self.knowledge;
+        if knowledge.max_document_bytes < 1024 {
+            return Err(invalid("knowledge.max_document_bytes", "must be at least 1024"));
+        }
+        if knowledge.max_pdf_pages == 0 {
+            return Err(invalid("knowledge.max_pdf_pages", "must be at least 1"));
+        }
+        if knowledge.chunk_max_chars < 100 {
+            return Err(invalid("knowledge.chunk_max_chars", "must be at least 100"));
+        }
+        if knowledge.chunk_overlap_chars * 2 > knowledge.chunk_max_chars {
+            return Err(invalid("knowledge.chunk_overlap_chars", "must be at most half of knowledge.chunk_max_chars"));
+        }
+        if knowledge.open_indexes == 0 || knowledge.open_writers == 0 {
+            return Err(invalid("knowledge.open_indexes", "open_indexes and open_writers must be at least 1"));
+        }
+        if knowledge.writer_memory_bytes < 15_000_000 {
+            return Err(invalid("knowledge.writer_memory_bytes", "must be at least 15000000"));
+        }
         if self.server.tls.cert_path.is_some() != self.server.tls.key_path.is_some() {
             return Err(invalid("server.tls", "cert_path and key_path must be set together"));
         }
@@ -306,6 +381,23 @@ impl Settings {
         match &self.database.url {
             Some(url) => url.clone(),
             None => format!("sqlite://{}", self.data_dir.join("parley.db").display()),
+        }
+    }
+
+    /// The model cache directory in effect.
+    pub fn models_dir(&self) -> PathBuf {
+        self.models.dir.clone().unwrap_or_else(|| self.cache_root().join("models"))
+    }
+
+    /// The model package download directory in effect.
+    pub fn packages_dir(&self) -> PathBuf {
+        self.models.packages_dir.clone().unwrap_or_else(|| self.cache_root().join("packages"))
+    }
+
+    fn cache_root(&self) -> PathBuf {
+        match &self.home_dir {
+            Some(home) => home.join(".cache").join("parley"),
+            None => PathBuf::from(".cache").join("parley"),
         }
     }
 
@@ -356,6 +448,16 @@ pub const SETTING_KEYS: &[&str] = &[
     "api.default_page_size",
     "api.max_page_size",
     "demo.enabled",
+    "knowledge.max_document_bytes",
+    "knowledge.max_pdf_pages",
+    "knowledge.chunk_max_chars",
+    "knowledge.chunk_overlap_chars",
+    "knowledge.open_indexes",
+    "knowledge.open_writers",
+    "knowledge.writer_memory_bytes",
+    "knowledge.dense_cache_bytes",
+    "models.dir",
+    "models.packages_dir",
 ];
 
 /// True when `path` names a setting of `Settings`.
@@ -454,10 +556,11 @@ mod tests {
             ("PARLEY_URL", "http://127.0.0.1:8080"),
             ("PARLEY_KEY", "secret"),
             ("PARLEY_LOG", "debug"),
-            ("HOME", "/root"),
+            ("HOME", "/home/someone"),
         ])
         .unwrap();
-        assert_eq!(settings, Settings::default());
+        assert_eq!(settings, Settings { home_dir: Some(PathBuf::from("/home/someone")), ..Settings::default() });
+        assert_eq!(settings.models_dir(), PathBuf::from("/home/someone/.cache/parley/models"));
     }
 
     #[test]

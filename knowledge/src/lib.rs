@@ -1,11 +1,21 @@
-//! Parley's knowledge bases: document ingestion (text, Markdown, HTML, PDF, DOCX), chunking,
-//! per-tenant tantivy indexes, hybrid retrieval and citations.
+//! Parley's knowledge bases: document ingestion (text, Markdown, HTML, PDF, DOCX, FAQ),
+//! structure-following chunking, per-tenant tantivy indexes, dense vectors, hybrid retrieval
+//! and citations.
 //!
-//! Owns: the document and chunk tables, through its own repository module, and the index
-//! directories under the data directory.
+//! Owns: the `kb_*` tables, through its own repository module (`storage`), and the index
+//! directories under `<data_dir>/indexes/`.
 //!
-//! Must not touch: HTTP types, tenants' keys or agents' storage (the runtime passes in what it
-//! needs), any table it does not own.
-//!
-//! Ingestion and retrieval arrive with the knowledge-base work; this crate currently holds only
-//! the layout so that dependencies already point the right way (`runtime → knowledge`).
+//! Must not touch: HTTP types, permission checks or audit (the runtime orchestrates those around
+//! the steps offered here), any table it does not own.
+
+pub mod chunk;
+pub mod error;
+pub mod index;
+pub mod parse;
+pub mod storage;
+
+pub use error::{KnowledgeError, Result};
+pub mod dense;
+pub mod service;
+
+pub use service::{Content, DocumentInput, KnowledgeBase, SearchHit, SearchMode, SearchRequest, Staged, StagedNew};

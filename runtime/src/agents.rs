@@ -343,6 +343,15 @@ fn validate(agent: &Agent) -> Result<()> {
     Ok(())
 }
 
+/// Checks a language tag such as `en` or `pt-BR`.
+pub(crate) fn check_language(tag: &str) -> Result<()> {
+    if is_language_tag(tag) {
+        Ok(())
+    } else {
+        Err(Error::invalid("language", "must be a language tag such as `en` or `pt-BR`"))
+    }
+}
+
 fn check_text(field: &str, value: &str, min_chars: usize, max_chars: usize) -> Result<()> {
     let length = value.chars().count();
     if length < min_chars || (min_chars > 0 && value.trim().is_empty()) {

@@ -1,5 +1,8 @@
 //! The runtime's one error type and the transport-neutral kind every error maps to.
 
+use parley_knowledge::parse::ParseError;
+use parley_knowledge::KnowledgeError;
+
 /// What went wrong, in terms a caller can act on. `channels` turns each kind into a status
 /// code with an exhaustive match, so a new kind cannot silently become a 500.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +19,8 @@ pub enum ErrorKind {
     Conflict,
     /// The caller sent too many requests; retry after the given seconds.
     RateLimited,
+    /// The input is larger than this node accepts.
+    TooLarge,
     /// A dependency (the database) is unreachable.
     Unavailable,
     /// A bug or an unexpected failure; details are logged, never shown.
@@ -47,6 +52,8 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Locked(String),
+    #[error(transparent)]
+    Knowledge(#[from] parley_knowledge::KnowledgeError),
 }
 
 impl Error {
@@ -60,6 +67,19 @@ impl Error {
             Error::RateLimited { .. } => ErrorKind::RateLimited,
             Error::Database(error) if is_unavailable(error) => ErrorKind::Unavailable,
             Error::Database(_) | Error::Migration(_) | Error::Corrupt(_) | Error::Io(_) => ErrorKind::Internal,
+            Error::Knowledge(error) => match error {
+                KnowledgeError::Parse(ParseError::TooLarge { .. }) => ErrorKind::TooLarge,
+                KnowledgeError::Parse(_) => ErrorKind::InvalidInput,
+                KnowledgeError::Conflict(_) => ErrorKind::Conflict,
+                KnowledgeError::Database(error) if is_unavailable(error) => ErrorKind::Unavailable,
+                KnowledgeError::Database(_)
+                | KnowledgeError::Migration(_)
+                | KnowledgeError::Index(_)
+                | KnowledgeError::Embedding(_)
+                | KnowledgeError::Corrupt(_)
+                | KnowledgeError::Io(_)
+                | KnowledgeError::Task(_) => ErrorKind::Internal,
+            },
         }
     }
 
@@ -75,6 +95,12 @@ impl Error {
             Error::RateLimited { .. } => "rate_limited",
             Error::Database(error) if is_unavailable(error) => "unavailable",
             Error::Database(_) | Error::Migration(_) | Error::Corrupt(_) | Error::Io(_) => "internal",
+            Error::Knowledge(error) => match error {
+                KnowledgeError::Parse(parse_error) => parse_error.code(),
+                KnowledgeError::Conflict(_) => "conflict",
+                KnowledgeError::Database(error) if is_unavailable(error) => "unavailable",
+                _ => "internal",
+            },
         }
     }
 

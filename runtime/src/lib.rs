@@ -13,6 +13,7 @@
 pub mod agents;
 pub mod audit;
 pub mod auth;
+pub mod documents;
 pub mod error;
 pub mod keys;
 pub mod lock;
@@ -25,6 +26,8 @@ use std::sync::Arc;
 
 pub use error::{Error, ErrorKind, Result};
 use parley_config::Settings;
+use parley_knowledge::KnowledgeBase;
+use parley_models::embed::Embedder;
 
 use crate::rate_limit::{InMemoryRateLimiter, RateLimiter};
 use crate::storage::Database;
@@ -35,19 +38,28 @@ pub struct Runtime {
     database: Database,
     settings: Arc<Settings>,
     rate_limiter: Arc<dyn RateLimiter>,
+    knowledge: KnowledgeBase,
 }
 
 impl Runtime {
-    /// Connects to the configured database and applies migrations.
-    pub async fn open(settings: Settings) -> Result<Self> {
+    /// Connects to the configured database and applies migrations. `embedder` is the one
+    /// sentence-embedding model every tenant's knowledge base shares.
+    pub async fn open(settings: Settings, embedder: Arc<dyn Embedder>) -> Result<Self> {
         let database = Database::connect(&settings.database_url(), settings.database.max_connections).await?;
-        Ok(Self::with_database(settings, database))
+        Ok(Self::with_database(settings, database, embedder))
     }
 
-    pub fn with_database(settings: Settings, database: Database) -> Self {
+    pub fn with_database(settings: Settings, database: Database, embedder: Arc<dyn Embedder>) -> Self {
         let rate_limiter =
             Arc::new(InMemoryRateLimiter::new(settings.rate_limit.requests_per_second, settings.rate_limit.burst));
-        Self { database, settings: Arc::new(settings), rate_limiter }
+        let knowledge =
+            KnowledgeBase::new(database.pool().clone(), &settings.data_dir, settings.knowledge.clone(), embedder);
+        Self { database, settings: Arc::new(settings), rate_limiter, knowledge }
+    }
+
+    /// Every tenant's knowledge base.
+    pub fn knowledge(&self) -> &KnowledgeBase {
+        &self.knowledge
     }
 
     pub fn database(&self) -> &Database {

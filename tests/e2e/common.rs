@@ -2,10 +2,11 @@
 //! machine's PostgreSQL, an HTTP client, and the real `parley` binary.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parley_config::Settings;
+use parley_models::{BertEmbedder, Embedder};
 use parley_runtime::storage::Database;
 use parley_runtime::Runtime;
 use reqwest::Method;
@@ -110,7 +111,7 @@ impl TestServer {
         tweak(&mut settings);
         settings.validate().unwrap();
         let database = Database::connect(&settings.database_url(), settings.database.max_connections).await.unwrap();
-        let runtime = Runtime::with_database(settings, database);
+        let runtime = Runtime::with_database(settings, database, embedder());
         let state = parley_channels::AppState::new(runtime.clone()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -182,6 +183,15 @@ impl TestServer {
         (body["key"]["id"].as_str().unwrap().to_owned(), body["secret"].as_str().unwrap().to_owned())
     }
 
+    /// Adds a JSON text document to an agent; returns its id.
+    pub async fn document(&self, token: &str, agent_id: &str, text: &str) -> String {
+        let (status, body) = self
+            .post(&format!("/admin/v1/agents/{agent_id}/documents"), token, json!({ "title": "Fixture", "text": text }))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
     /// The number of audit entries visible to `token`'s tenant.
     pub async fn audit_count(&self, token: &str) -> usize {
         let (status, body) = self.get("/admin/v1/audit-log?limit=200", token).await;
@@ -198,6 +208,20 @@ impl TestServer {
         }
         self.runtime.database().close().await;
     }
+}
+
+/// The real embedding model, loaded once for the whole test binary from the model cache that
+/// `make test` fills (`make models`).
+pub fn embedder() -> Arc<dyn Embedder> {
+    static EMBEDDER: OnceLock<Arc<BertEmbedder>> = OnceLock::new();
+    EMBEDDER
+        .get_or_init(|| {
+            let settings = Settings { home_dir: std::env::var_os("HOME").map(PathBuf::from), ..Settings::default() };
+            let directory = parley_models::installed_dir(&settings.models_dir(), &parley_models::EMBEDDING_PACKAGE)
+                .unwrap_or_else(|error| panic!("the embedding model is not installed ({error}); run `make models`"));
+            Arc::new(BertEmbedder::load(&directory).unwrap())
+        })
+        .clone()
 }
 
 /// The `parley` binary built with these tests.

@@ -17,15 +17,24 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
     let agent_b = server.agent(&owner_b, "agent of B").await;
     let (viewer_key_b, viewer_b) = server.key(&owner_b, "viewer").await;
     let (owner_key_b, _) = server.key(&owner_b, "owner").await;
+    let document_b = server.document(&owner_b, agent_b["id"].as_str().unwrap(), "Tenant B's zebracanary secret.").await;
 
+    let agent_b_id = agent_b["id"].as_str().unwrap().to_owned();
     let snapshot = |token: String| {
         let server = &server;
+        let agent_b_id = agent_b_id.clone();
         async move {
             let agents = server.get("/admin/v1/agents", &token).await.1;
             let keys = server.get("/admin/v1/api-keys", &token).await.1;
             let audit = server.get("/admin/v1/audit-log?limit=200", &token).await.1;
             let tenant = server.get("/admin/v1/tenant", &token).await.1;
-            (agents, keys, audit, tenant)
+            let agent_path = format!("/admin/v1/agents/{agent_b_id}");
+            let documents = server.get(&format!("{agent_path}/documents"), &token).await.1;
+            let search = server
+                .post(&format!("{agent_path}/search"), &token, serde_json::json!({ "query": "zebracanary" }))
+                .await
+                .1;
+            (agents, keys, audit, tenant, documents, search)
         }
     };
     let before = snapshot(owner_b.clone()).await;
@@ -33,7 +42,11 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
     let mut walked = 0;
     for route in routes().into_iter().filter(|route| route.path.contains('{')) {
         let key_id = if route.case == Case::OwnerKeyTarget { &owner_key_b } else { &viewer_key_b };
-        let path = route.path.replace("{agent_id}", agent_b["id"].as_str().unwrap()).replace("{key_id}", key_id);
+        let path = route
+            .path
+            .replace("{agent_id}", agent_b["id"].as_str().unwrap())
+            .replace("{key_id}", key_id)
+            .replace("{document_id}", &document_b);
         let (status, problem) = server.call(route.method.clone(), &path, Some(&owner_a), body(route.case)).await;
         assert_eq!(
             (status, problem["code"].as_str()),
@@ -44,7 +57,24 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
         );
         walked += 1;
     }
-    assert_eq!(walked, 6);
+    assert_eq!(walked, 12);
+    // A's own agent with B's document id is not found either.
+    let own_agent = agent_a["id"].as_str().unwrap();
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let path = format!("/admin/v1/agents/{own_agent}/documents/{document_b}");
+        let (status, _) = server.call(method, &path, Some(&owner_a), None).await;
+        assert_eq!(status, 404);
+    }
+    // B's canary never comes back from A's searches.
+    let (status, found) = server
+        .post(
+            &format!("/admin/v1/agents/{own_agent}/search"),
+            &owner_a,
+            serde_json::json!({ "query": "zebracanary secret" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(!found.to_string().contains("zebracanary"), "{found}");
 
     // Routes without ids act on A's own tenant and never show B's data.
     for path in ["/admin/v1/agents", "/admin/v1/api-keys", "/admin/v1/audit-log", "/admin/v1/tenant"] {

@@ -7,6 +7,8 @@ mod admin_api;
 mod bad_input;
 mod binary;
 mod isolation;
+mod knowledge;
 mod matrix;
+mod samples;
 mod storage;
 mod tidy;

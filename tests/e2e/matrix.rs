@@ -29,6 +29,9 @@ pub enum Case {
     ViewerKeyTarget,
     OwnerKeyTarget,
     NewTenant,
+    NewDocument,
+    ReplaceDocument,
+    Search,
 }
 
 const READERS: &[&str] = &["owner", "admin", "editor", "viewer"];
@@ -53,6 +56,12 @@ pub fn routes() -> Vec<Route> {
         route(Method::DELETE, "/admin/v1/api-keys/{key_id}", ViewerKeyTarget, KEY_MANAGERS),
         route(Method::DELETE, "/admin/v1/api-keys/{key_id}", OwnerKeyTarget, &["owner"]),
         route(Method::GET, "/admin/v1/audit-log", Plain, &["owner", "admin", "viewer"]),
+        route(Method::GET, "/admin/v1/agents/{agent_id}/documents", Plain, READERS),
+        route(Method::POST, "/admin/v1/agents/{agent_id}/documents", NewDocument, WRITERS),
+        route(Method::GET, "/admin/v1/agents/{agent_id}/documents/{document_id}", Plain, READERS),
+        route(Method::PUT, "/admin/v1/agents/{agent_id}/documents/{document_id}", ReplaceDocument, WRITERS),
+        route(Method::DELETE, "/admin/v1/agents/{agent_id}/documents/{document_id}", Plain, WRITERS),
+        route(Method::POST, "/admin/v1/agents/{agent_id}/search", Search, READERS),
         // Operator only: no tenant key of any role.
         route(Method::GET, "/admin/v1/tenants", Plain, &[]),
         route(Method::POST, "/admin/v1/tenants", NewTenant, &[]),
@@ -67,6 +76,11 @@ pub fn body(case: Case) -> Option<Value> {
         Case::NewViewerKey => Some(json!({ "name": "new", "role": "viewer" })),
         Case::NewOwnerKey => Some(json!({ "name": "new", "role": "owner" })),
         Case::NewTenant => Some(json!({ "name": "new tenant" })),
+        Case::NewDocument => {
+            Some(json!({ "title": "new", "text": format!("A new document {}.", uuid::Uuid::new_v4()) }))
+        }
+        Case::ReplaceDocument => Some(json!({ "text": format!("Replaced content {}.", uuid::Uuid::new_v4()) })),
+        Case::Search => Some(json!({ "query": "content" })),
         Case::Plain | Case::ViewerKeyTarget | Case::OwnerKeyTarget => None,
     }
 }
@@ -87,7 +101,16 @@ async fn every_role_on_every_route(backend: Backend) {
                 Case::OwnerKeyTarget => server.key(&owner, "owner").await.0,
                 _ => server.key(&owner, "viewer").await.0,
             };
-            let path = route.path.replace("{agent_id}", &agent_id).replace("{key_id}", &key_id);
+            let document_id = if route.path.contains("{document_id}") {
+                server.document(&owner, &agent_id, &format!("Matrix fixture {}.", uuid::Uuid::new_v4())).await
+            } else {
+                String::new()
+            };
+            let path = route
+                .path
+                .replace("{agent_id}", &agent_id)
+                .replace("{key_id}", &key_id)
+                .replace("{document_id}", &document_id);
             let (status, response) = server.call(route.method.clone(), &path, Some(&token), body(route.case)).await;
             let expected_denial = if route.path == "/admin/v1/tenants" { 401 } else { 403 };
             if route.allowed.contains(&role) {

@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod audit;
+pub mod documents;
 pub mod keys;
 pub mod tenants;
 

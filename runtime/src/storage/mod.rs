@@ -14,13 +14,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
 use crate::error::{Error, Result};
-
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Which database engine a pool talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,12 +66,17 @@ impl Database {
         Ok(database)
     }
 
+    /// Applies the runtime's migrations, then the knowledge crate's (which reference the
+    /// runtime's tables). Both sets share sqlx's bookkeeping table, each ignoring the other's
+    /// versions; the runtime's are numbered from 1, the knowledge crate's from 1001.
     async fn migrate(&self) -> Result<()> {
-        let migrator = match self.backend {
-            Backend::Sqlite => &SQLITE_MIGRATIONS,
-            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        let mut runtime_migrations = match self.backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
         };
-        migrator.run(&self.pool).await?;
+        runtime_migrations.set_ignore_missing(true);
+        runtime_migrations.run(&self.pool).await?;
+        parley_knowledge::storage::migrator(self.backend == Backend::Postgres).run(&self.pool).await?;
         Ok(())
     }
 

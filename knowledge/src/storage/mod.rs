@@ -1,0 +1,581 @@
+//! Repository for the knowledge crate's tables (`kb_documents`, `kb_document_agents`,
+//! `kb_chunks`): the only place in this crate with SQL. Every query takes a tenant id, except
+//! the start-up maintenance queries named below (`unfinished_documents`, `tenants_with_documents`).
+//!
+//! Written once for SQLite and PostgreSQL through sqlx's `Any` driver, like the runtime's.
+
+use std::collections::HashMap;
+
+use sqlx::migrate::Migrator;
+use sqlx::{AnyConnection, Row};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::{KnowledgeError, Result};
+
+/// The knowledge crate's migrations, applied by the runtime after its own.
+pub fn migrator(postgres: bool) -> Migrator {
+    let mut migrator =
+        if postgres { sqlx::migrate!("./migrations/postgres") } else { sqlx::migrate!("./migrations/sqlite") };
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+/// A document as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub title: String,
+    pub source_name: Option<String>,
+    pub format: String,
+    pub language: String,
+    pub content_sha256: String,
+    pub byte_size: i64,
+    /// The canonical text chunk offsets point into; `None` when a listing left it out.
+    pub text: Option<String>,
+    pub chunk_count: i64,
+    pub embedding_model: String,
+    pub generation: i64,
+    pub pending_generation: Option<i64>,
+    pub deleted_at: Option<OffsetDateTime>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// A chunk to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkRecord {
+    pub id: Uuid,
+    pub ordinal: i64,
+    pub text: String,
+    pub section_path: Vec<String>,
+    pub start_char: i64,
+    pub end_char: i64,
+    pub embedding: Vec<f32>,
+}
+
+/// A visible chunk with what a citation needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkHit {
+    pub chunk_id: Uuid,
+    pub document_id: Uuid,
+    pub document_title: String,
+    pub source_name: Option<String>,
+    pub text: String,
+    pub section_path: Vec<String>,
+    pub start_char: i64,
+    pub end_char: i64,
+}
+
+/// A document whose last write did not finish (found at start-up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfinished {
+    pub tenant_id: Uuid,
+    pub document_id: Uuid,
+    pub generation: i64,
+    pub pending_generation: Option<i64>,
+    pub deleted: bool,
+}
+
+const DOCUMENT_COLUMNS: &str = "id, tenant_id, title, source_name, format, language, content_sha256, byte_size, \
+     chunk_count, embedding_model, generation, pending_generation, deleted_at, created_at, updated_at";
+
+pub(crate) fn millis(at: OffsetDateTime) -> i64 {
+    (at.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn from_millis(millis: i64) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+        .map_err(|error| KnowledgeError::Corrupt(format!("timestamp {millis}: {error}")))
+}
+
+fn uuid(text: &str) -> Result<Uuid> {
+    Uuid::parse_str(text).map_err(|error| KnowledgeError::Corrupt(format!("id {text:?}: {error}")))
+}
+
+fn decode_document(row: &sqlx::any::AnyRow, with_text: bool) -> Result<Document> {
+    Ok(Document {
+        id: uuid(&row.try_get::<String, _>("id")?)?,
+        tenant_id: uuid(&row.try_get::<String, _>("tenant_id")?)?,
+        title: row.try_get("title")?,
+        source_name: row.try_get("source_name")?,
+        format: row.try_get("format")?,
+        language: row.try_get("language")?,
+        content_sha256: row.try_get("content_sha256")?,
+        byte_size: row.try_get("byte_size")?,
+        text: if with_text { Some(row.try_get("text")?) } else { None },
+        chunk_count: row.try_get("chunk_count")?,
+        embedding_model: row.try_get("embedding_model")?,
+        generation: row.try_get("generation")?,
+        pending_generation: row.try_get("pending_generation")?,
+        deleted_at: row.try_get::<Option<i64>, _>("deleted_at")?.map(from_millis).transpose()?,
+        created_at: from_millis(row.try_get("created_at")?)?,
+        updated_at: from_millis(row.try_get("updated_at")?)?,
+    })
+}
+
+/// Inserts a new document whose first generation is staged (not yet visible).
+pub async fn insert_document(connection: &mut AnyConnection, document: &Document) -> Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO kb_documents ({DOCUMENT_COLUMNS}, text) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+    ))
+    .bind(document.id.to_string())
+    .bind(document.tenant_id.to_string())
+    .bind(&document.title)
+    .bind(document.source_name.clone())
+    .bind(&document.format)
+    .bind(&document.language)
+    .bind(&document.content_sha256)
+    .bind(document.byte_size)
+    .bind(document.chunk_count)
+    .bind(&document.embedding_model)
+    .bind(document.generation)
+    .bind(document.pending_generation)
+    .bind(document.deleted_at.map(millis))
+    .bind(millis(document.created_at))
+    .bind(millis(document.updated_at))
+    .bind(document.text.clone().unwrap_or_default())
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// A live document of the tenant with this content hash.
+pub async fn find_by_hash(connection: &mut AnyConnection, tenant_id: Uuid, sha256: &str) -> Result<Option<Document>> {
+    let row = sqlx::query(&format!(
+        "SELECT {DOCUMENT_COLUMNS} FROM kb_documents WHERE tenant_id = $1 AND content_sha256 = $2"
+    ))
+    .bind(tenant_id.to_string())
+    .bind(sha256)
+    .fetch_optional(connection)
+    .await?;
+    row.map(|row| decode_document(&row, false)).transpose()
+}
+
+/// A document attached to the agent (deleted ones excluded).
+pub async fn get_for_agent(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    agent_id: Uuid,
+    document_id: Uuid,
+    with_text: bool,
+) -> Result<Option<Document>> {
+    let text_column = if with_text { ", d.text" } else { "" };
+    let columns = DOCUMENT_COLUMNS.split(", ").map(|column| format!("d.{column}")).collect::<Vec<_>>().join(", ");
+    let row = sqlx::query(&format!(
+        "SELECT {columns}{text_column} FROM kb_documents d \
+         JOIN kb_document_agents a ON a.document_id = d.id AND a.tenant_id = $1 AND a.agent_id = $2 \
+         WHERE d.tenant_id = $1 AND d.id = $3 AND d.deleted_at IS NULL"
+    ))
+    .bind(tenant_id.to_string())
+    .bind(agent_id.to_string())
+    .bind(document_id.to_string())
+    .fetch_optional(connection)
+    .await?;
+    row.map(|row| decode_document(&row, with_text)).transpose()
+}
+
+/// A live document of the tenant, with its text.
+pub async fn get_document(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    document_id: Uuid,
+) -> Result<Option<Document>> {
+    let row = sqlx::query(&format!(
+        "SELECT {DOCUMENT_COLUMNS}, text FROM kb_documents WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL"
+    ))
+    .bind(tenant_id.to_string())
+    .bind(document_id.to_string())
+    .fetch_optional(connection)
+    .await?;
+    row.map(|row| decode_document(&row, true)).transpose()
+}
+
+/// The agent's documents in creation order, after `after`, at most `limit`.
+pub async fn list_for_agent(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    agent_id: Uuid,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Document>> {
+    let columns = DOCUMENT_COLUMNS.split(", ").map(|column| format!("d.{column}")).collect::<Vec<_>>().join(", ");
+    let rows = sqlx::query(&format!(
+        "SELECT {columns} FROM kb_documents d \
+         JOIN kb_document_agents a ON a.document_id = d.id AND a.tenant_id = $1 AND a.agent_id = $2 \
+         WHERE d.tenant_id = $1 AND d.deleted_at IS NULL AND d.id > $3 ORDER BY d.id LIMIT $4"
+    ))
+    .bind(tenant_id.to_string())
+    .bind(agent_id.to_string())
+    .bind(after.map(|id| id.to_string()).unwrap_or_default())
+    .bind(limit)
+    .fetch_all(connection)
+    .await?;
+    rows.iter().map(|row| decode_document(row, false)).collect()
+}
+
+/// Attaches a document to an agent; false when it already was.
+pub async fn attach_agent(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    document_id: Uuid,
+    agent_id: Uuid,
+) -> Result<bool> {
+    let result = sqlx::query(
+        "INSERT INTO kb_document_agents (document_id, agent_id, tenant_id) VALUES ($1, $2, $3) \
+         ON CONFLICT (document_id, agent_id) DO NOTHING",
+    )
+    .bind(document_id.to_string())
+    .bind(agent_id.to_string())
+    .bind(tenant_id.to_string())
+    .execute(connection)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+pub async fn detach_agent(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    document_id: Uuid,
+    agent_id: Uuid,
+) -> Result<bool> {
+    let result =
+        sqlx::query("DELETE FROM kb_document_agents WHERE tenant_id = $1 AND document_id = $2 AND agent_id = $3")
+            .bind(tenant_id.to_string())
+            .bind(document_id.to_string())
+            .bind(agent_id.to_string())
+            .execute(connection)
+            .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// The agents a document is attached to.
+pub async fn agents_of(connection: &mut AnyConnection, tenant_id: Uuid, document_id: Uuid) -> Result<Vec<Uuid>> {
+    let rows = sqlx::query(
+        "SELECT agent_id FROM kb_document_agents WHERE tenant_id = $1 AND document_id = $2 ORDER BY agent_id",
+    )
+    .bind(tenant_id.to_string())
+    .bind(document_id.to_string())
+    .fetch_all(connection)
+    .await?;
+    rows.iter().map(|row| uuid(&row.try_get::<String, _>("agent_id")?)).collect()
+}
+
+/// Stores a generation of chunks.
+pub async fn insert_chunks(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    document_id: Uuid,
+    generation: i64,
+    chunks: &[ChunkRecord],
+) -> Result<()> {
+    for chunk in chunks {
+        sqlx::query(
+            "INSERT INTO kb_chunks (id, document_id, tenant_id, generation, ordinal, text, section_path, start_char, end_char, embedding) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(chunk.id.to_string())
+        .bind(document_id.to_string())
+        .bind(tenant_id.to_string())
+        .bind(generation)
+        .bind(chunk.ordinal)
+        .bind(&chunk.text)
+        .bind(serde_json::to_string(&chunk.section_path).unwrap_or_else(|_| "[]".to_owned()))
+        .bind(chunk.start_char)
+        .bind(chunk.end_char)
+        .bind(encode_vector(&chunk.embedding))
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
+}
+
+/// One generation's chunks, in order.
+pub async fn chunks_of(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    document_id: Uuid,
+    generation: i64,
+) -> Result<Vec<ChunkRecord>> {
+    let rows = sqlx::query(
+        "SELECT id, ordinal, text, section_path, start_char, end_char, embedding FROM kb_chunks \
+         WHERE tenant_id = $1 AND document_id = $2 AND generation = $3 ORDER BY ordinal",
+    )
+    .bind(tenant_id.to_string())
+    .bind(document_id.to_string())
+    .bind(generation)
+    .fetch_all(connection)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ChunkRecord {
+                id: uuid(&row.try_get::<String, _>("id")?)?,
+                ordinal: row.try_get("ordinal")?,
+                text: row.try_get("text")?,
+                section_path: decode_path(&row.try_get::<String, _>("section_path")?)?,
+                start_char: row.try_get("start_char")?,
+                end_char: row.try_get("end_char")?,
+                embedding: decode_vector(&row.try_get::<Vec<u8>, _>("embedding")?)?,
+            })
+        })
+        .collect()
+}
+
+/// Publishes a document's first generation.
+pub async fn publish_first(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    document_id: Uuid,
+    now: OffsetDateTime,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE kb_documents SET generation = pending_generation, pending_generation = NULL, updated_at = $1 \
+         WHERE tenant_id = $2 AND id = $3 AND pending_generation IS NOT NULL",
+    )
+    .bind(millis(now))
+    .bind(tenant_id.to_string())
+    .bind(document_id.to_string())
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Stages a replacement generation (chunks already inserted).
+pub async fn stage_replacement(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    document_id: Uuid,
+    generation: i64,
+) -> Result<bool> {
+    let result = sqlx::query(
+        "UPDATE kb_documents SET pending_generation = $1 \
+         WHERE tenant_id = $2 AND id = $3 AND pending_generation IS NULL AND deleted_at IS NULL",
+    )
+    .bind(generation)
+    .bind(tenant_id.to_string())
+    .bind(document_id.to_string())
+    .execute(connection)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Publishes a staged replacement in one statement and drops older generations' chunks.
+pub async fn publish_replacement(connection: &mut AnyConnection, document: &Document, generation: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE kb_documents SET title = $1, source_name = $2, format = $3, language = $4, content_sha256 = $5, \
+         byte_size = $6, text = $7, chunk_count = $8, embedding_model = $9, generation = $10, pending_generation = NULL, \
+         updated_at = $11 WHERE tenant_id = $12 AND id = $13",
+    )
+    .bind(&document.title)
+    .bind(document.source_name.clone())
+    .bind(&document.format)
+    .bind(&document.language)
+    .bind(&document.content_sha256)
+    .bind(document.byte_size)
+    .bind(document.text.clone().unwrap_or_default())
+    .bind(document.chunk_count)
+    .bind(&document.embedding_model)
+    .bind(generation)
+    .bind(millis(document.updated_at))
+    .bind(document.tenant_id.to_string())
+    .bind(document.id.to_string())
+    .execute(&mut *connection)
+    .await?;
+    sqlx::query("DELETE FROM kb_chunks WHERE tenant_id = $1 AND document_id = $2 AND generation <> $3")
+        .bind(document.tenant_id.to_string())
+        .bind(document.id.to_string())
+        .bind(generation)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Abandons a staged replacement (its chunks and the pending mark).
+pub async fn abandon_pending(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    document_id: Uuid,
+    generation: i64,
+) -> Result<()> {
+    sqlx::query("DELETE FROM kb_chunks WHERE tenant_id = $1 AND document_id = $2 AND generation = $3")
+        .bind(tenant_id.to_string())
+        .bind(document_id.to_string())
+        .bind(generation)
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query("UPDATE kb_documents SET pending_generation = NULL WHERE tenant_id = $1 AND id = $2 AND pending_generation = $3")
+        .bind(tenant_id.to_string())
+        .bind(document_id.to_string())
+        .bind(generation)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Hides a document at once; its deletion then completes in the index and here.
+pub async fn mark_deleted(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    document_id: Uuid,
+    now: OffsetDateTime,
+) -> Result<bool> {
+    let result =
+        sqlx::query("UPDATE kb_documents SET deleted_at = $1 WHERE tenant_id = $2 AND id = $3 AND deleted_at IS NULL")
+            .bind(millis(now))
+            .bind(tenant_id.to_string())
+            .bind(document_id.to_string())
+            .execute(connection)
+            .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Removes a document, its chunks and its agent links.
+pub async fn delete_document(connection: &mut AnyConnection, tenant_id: Uuid, document_id: Uuid) -> Result<()> {
+    sqlx::query("DELETE FROM kb_documents WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant_id.to_string())
+        .bind(document_id.to_string())
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Visible chunks among `chunk_ids`: published generation of a live document.
+/// The agent must still be attached: the index may hold a superset of agents for a moment.
+pub async fn visible_chunks(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    agent_id: Uuid,
+    chunk_ids: &[Uuid],
+) -> Result<Vec<ChunkHit>> {
+    if chunk_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (0..chunk_ids.len()).map(|index| format!("${}", index + 3)).collect();
+    let sql = format!(
+        "SELECT c.id, c.document_id, c.text, c.section_path, c.start_char, c.end_char, d.title, d.source_name \
+         FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id AND d.tenant_id = c.tenant_id \
+         JOIN kb_document_agents a ON a.document_id = d.id AND a.tenant_id = c.tenant_id AND a.agent_id = $2 \
+         WHERE c.tenant_id = $1 AND c.id IN ({}) AND c.generation = d.generation AND d.deleted_at IS NULL",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query(&sql).bind(tenant_id.to_string()).bind(agent_id.to_string());
+    for id in chunk_ids {
+        query = query.bind(id.to_string());
+    }
+    let rows = query.fetch_all(connection).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ChunkHit {
+                chunk_id: uuid(&row.try_get::<String, _>("id")?)?,
+                document_id: uuid(&row.try_get::<String, _>("document_id")?)?,
+                document_title: row.try_get("title")?,
+                source_name: row.try_get("source_name")?,
+                text: row.try_get("text")?,
+                section_path: decode_path(&row.try_get::<String, _>("section_path")?)?,
+                start_char: row.try_get("start_char")?,
+                end_char: row.try_get("end_char")?,
+            })
+        })
+        .collect()
+}
+
+/// One visible chunk's vector and ownership, for the in-memory dense index.
+#[derive(Debug, Clone)]
+pub struct DenseRow {
+    pub chunk_id: Uuid,
+    pub document_id: Uuid,
+    pub embedding: Vec<f32>,
+}
+
+/// Every visible chunk's vector of a tenant, with each document's agents.
+pub async fn dense_rows(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+) -> Result<(Vec<DenseRow>, HashMap<Uuid, Vec<Uuid>>)> {
+    let rows = sqlx::query(
+        "SELECT c.id, c.document_id, c.embedding FROM kb_chunks c \
+         JOIN kb_documents d ON d.id = c.document_id AND d.tenant_id = c.tenant_id \
+         WHERE c.tenant_id = $1 AND c.generation = d.generation AND d.deleted_at IS NULL ORDER BY c.id",
+    )
+    .bind(tenant_id.to_string())
+    .fetch_all(&mut *connection)
+    .await?;
+    let mut dense = Vec::with_capacity(rows.len());
+    for row in &rows {
+        dense.push(DenseRow {
+            chunk_id: uuid(&row.try_get::<String, _>("id")?)?,
+            document_id: uuid(&row.try_get::<String, _>("document_id")?)?,
+            embedding: decode_vector(&row.try_get::<Vec<u8>, _>("embedding")?)?,
+        });
+    }
+    let links = sqlx::query("SELECT document_id, agent_id FROM kb_document_agents WHERE tenant_id = $1")
+        .bind(tenant_id.to_string())
+        .fetch_all(connection)
+        .await?;
+    let mut agents: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+    for row in &links {
+        let document = uuid(&row.try_get::<String, _>("document_id")?)?;
+        agents.entry(document).or_default().push(uuid(&row.try_get::<String, _>("agent_id")?)?);
+    }
+    Ok((dense, agents))
+}
+
+/// Published documents of a tenant with their generation, for rebuilding its index.
+pub async fn published_documents(connection: &mut AnyConnection, tenant_id: Uuid) -> Result<Vec<(Uuid, i64, String)>> {
+    let rows = sqlx::query(
+        "SELECT id, generation, language FROM kb_documents \
+         WHERE tenant_id = $1 AND generation > 0 AND deleted_at IS NULL ORDER BY id",
+    )
+    .bind(tenant_id.to_string())
+    .fetch_all(connection)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((uuid(&row.try_get::<String, _>("id")?)?, row.try_get("generation")?, row.try_get("language")?)))
+        .collect()
+}
+
+/// Start-up maintenance, across tenants: documents whose last write did not finish.
+pub async fn unfinished_documents(connection: &mut AnyConnection) -> Result<Vec<Unfinished>> {
+    let rows = sqlx::query(
+        "SELECT tenant_id, id, generation, pending_generation, deleted_at FROM kb_documents \
+         WHERE pending_generation IS NOT NULL OR deleted_at IS NOT NULL ORDER BY id",
+    )
+    .fetch_all(connection)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Unfinished {
+                tenant_id: uuid(&row.try_get::<String, _>("tenant_id")?)?,
+                document_id: uuid(&row.try_get::<String, _>("id")?)?,
+                generation: row.try_get("generation")?,
+                pending_generation: row.try_get("pending_generation")?,
+                deleted: row.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
+            })
+        })
+        .collect()
+}
+
+/// Maintenance across tenants (`parley reindex` without `--tenant`): tenants that have documents.
+pub async fn tenants_with_documents(connection: &mut AnyConnection) -> Result<Vec<Uuid>> {
+    let rows =
+        sqlx::query("SELECT DISTINCT tenant_id FROM kb_documents ORDER BY tenant_id").fetch_all(connection).await?;
+    rows.iter().map(|row| uuid(&row.try_get::<String, _>("tenant_id")?)).collect()
+}
+
+fn decode_path(text: &str) -> Result<Vec<String>> {
+    serde_json::from_str(text).map_err(|error| KnowledgeError::Corrupt(format!("section path: {error}")))
+}
+
+/// Vectors are stored as little-endian f32, the full precision the index quantises from.
+pub fn encode_vector(vector: &[f32]) -> Vec<u8> {
+    vector.iter().flat_map(|value| value.to_le_bytes()).collect()
+}
+
+pub fn decode_vector(bytes: &[u8]) -> Result<Vec<f32>> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err(KnowledgeError::Corrupt(format!("embedding of {} bytes", bytes.len())));
+    }
+    Ok(bytes.chunks_exact(4).map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]])).collect())
+}
