@@ -11,14 +11,14 @@ use serde_json::{json, Value};
 use crate::common::clean_command;
 
 /// A running `parley serve` with its stdout collected line by line.
-struct Node {
+pub struct Node {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
 
 impl Node {
-    fn start(configure: impl FnOnce(&mut Command)) -> Node {
+    pub fn start(configure: impl FnOnce(&mut Command)) -> Node {
         let mut command = clean_command();
         command.args(["serve", "--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::piped());
         configure(&mut command);
@@ -36,7 +36,7 @@ impl Node {
     }
 
     /// Waits for a stdout line containing `needle` (bounded: the test fails rather than hangs).
-    fn wait_for(&mut self, needle: &str) -> String {
+    pub fn wait_for(&mut self, needle: &str) -> String {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while std::time::Instant::now() < deadline {
             match self.lines.recv_timeout(Duration::from_millis(200)) {
@@ -61,21 +61,27 @@ impl Node {
     }
 
     /// The base URL from the start-up line `… listening on http://ADDR`.
-    fn base_url(&mut self) -> String {
+    pub fn base_url(&mut self) -> String {
         let line = self.wait_for("listening on");
         line.rsplit(' ').next().unwrap().to_owned()
     }
 
     /// Collects the remaining start-up lines until the node prints nothing for a moment.
-    fn drain(&mut self) -> String {
+    pub fn drain(&mut self) -> String {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
             self.seen.push(line);
         }
         self.seen.join("\n")
     }
 
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
-    fn terminate(mut self) {
+    pub fn terminate(mut self) {
         let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -90,7 +96,7 @@ impl Node {
     }
 }
 
-fn admin(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+pub fn admin(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     clean_command().arg("admin").args(args).arg("--data-dir").arg(data_dir).output().unwrap()
 }
 

@@ -8,6 +8,7 @@ mod bad_input;
 mod binary;
 mod isolation;
 mod knowledge;
+mod knowledge_binary;
 mod matrix;
 mod samples;
 mod storage;
