@@ -257,15 +257,30 @@ pub async fn update(runtime: &Runtime, principal: &Principal, agent_id: Uuid, in
     Ok(agent)
 }
 
+/// Deletes an agent. Documents only this agent used are deleted with it (from the database and
+/// the index); documents other agents share stay with them.
 pub async fn delete(runtime: &Runtime, principal: &Principal, agent_id: Uuid) -> Result<()> {
     principal.require(Permission::WriteAgents)?;
+    let tenant_id = principal.tenant_id;
     let mut transaction = runtime.database().pool().begin().await?;
-    if !storage::agents::delete(&mut transaction, principal.tenant_id, agent_id).await? {
+    let orphans = parley_knowledge::storage::documents_only_of_agent(&mut transaction, tenant_id, agent_id).await?;
+    let now = storage::now();
+    for document_id in &orphans {
+        parley_knowledge::storage::mark_deleted(&mut transaction, tenant_id, *document_id, now).await?;
+    }
+    if !storage::agents::delete(&mut transaction, tenant_id, agent_id).await? {
         return Err(Error::NotFound { resource: "agent" });
     }
-    audit::record(&mut transaction, AuditRecord::by_key(principal, "agent.delete", "agent", agent_id.to_string()))
-        .await?;
+    let record = AuditRecord::by_key(principal, "agent.delete", "agent", agent_id.to_string())
+        .with_details(serde_json::json!({ "documents_deleted": orphans.len() }));
+    audit::record(&mut transaction, record).await?;
     transaction.commit().await?;
+    for document_id in orphans {
+        if let Err(error) = runtime.knowledge().complete_deletion(tenant_id, document_id).await {
+            // Already invisible; start-up recovery completes the rest.
+            tracing::warn!(error = %error, document_id = %document_id, "document removal left for recovery");
+        }
+    }
     Ok(())
 }
 

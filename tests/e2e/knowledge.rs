@@ -261,6 +261,27 @@ async fn search_cites_dedupes_replaces_deletes_and_isolates(backend: Backend) {
     let (status, _) = server.get(&format!("/admin/v1/agents/{support}/documents/{document_id}"), &owner).await;
     assert_eq!(status, 404);
 
+    // Deleting an agent deletes the documents only it used, and keeps shared ones.
+    let temporary = server.agent(&owner, "Temporary").await["id"].as_str().unwrap().to_owned();
+    let only_temporary = server.document(&owner, &temporary, "Only the temporary agent knows about narwhals.").await;
+    let shared = server.document(&owner, &temporary, "Both agents know about axolotls.").await;
+    let (status, _) = server
+        .post(
+            &format!("/admin/v1/agents/{sales}/documents"),
+            &owner,
+            json!({ "title": "Fixture", "text": "Both agents know about axolotls." }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(server.delete(&format!("/admin/v1/agents/{temporary}"), &owner).await.0, 204);
+    assert_eq!(search(&server, &owner, &sales, "axolotls").await[0]["document_id"], shared.as_str());
+    let rows = sqlx::query("SELECT COUNT(*) AS n FROM kb_documents WHERE id = $1")
+        .bind(&only_temporary)
+        .fetch_one(server.runtime.database().pool())
+        .await
+        .unwrap();
+    assert_eq!(sqlx::Row::try_get::<i64, _>(&rows, "n").unwrap(), 0, "the orphaned document is deleted");
+
     // Another tenant never sees a canary.
     server.document(&owner, &support, "The canary word is quetzalcoatlus.").await;
     let (_, other_owner) = server.tenant("Other").await;

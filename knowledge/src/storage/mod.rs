@@ -216,6 +216,24 @@ pub async fn list_for_agent(
     rows.iter().map(|row| decode_document(row, false)).collect()
 }
 
+/// Live documents attached to this agent and to no other (deleted along with the agent).
+pub async fn documents_only_of_agent(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    agent_id: Uuid,
+) -> Result<Vec<Uuid>> {
+    let rows = sqlx::query(
+        "SELECT a.document_id FROM kb_document_agents a \
+         WHERE a.tenant_id = $1 AND a.agent_id = $2 AND NOT EXISTS \
+         (SELECT 1 FROM kb_document_agents o WHERE o.document_id = a.document_id AND o.agent_id <> $2)",
+    )
+    .bind(tenant_id.to_string())
+    .bind(agent_id.to_string())
+    .fetch_all(connection)
+    .await?;
+    rows.iter().map(|row| uuid(&row.try_get::<String, _>("document_id")?)).collect()
+}
+
 /// Attaches a document to an agent; false when it already was.
 pub async fn attach_agent(
     connection: &mut AnyConnection,
