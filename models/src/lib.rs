@@ -9,10 +9,11 @@
 
 pub mod embed;
 pub mod error;
+pub mod llm;
 pub mod packages;
 
 #[cfg(feature = "candle")]
 pub use embed::BertEmbedder;
 pub use embed::{dot, Embedder};
 pub use error::ModelError;
-pub use packages::{install, installed_dir, Installed, ModelPackage, EMBEDDING_PACKAGE, PACKAGES};
+pub use packages::{install, installed_dir, Installed, ModelPackage, CHAT_MODEL_PACKAGE, EMBEDDING_PACKAGE, PACKAGES};

