@@ -552,6 +552,36 @@ mod tests {
         assert!(indexes.lock_writers().len() <= 2);
     }
 
+    /// Open indexes hold memory maps of their segment files; the caches bound how many stay
+    /// open however many tenants are written to and searched.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_indexes_stay_bounded_as_tenants_grow() {
+        let directory = tempfile::tempdir().unwrap();
+        let root = directory.path().to_string_lossy().into_owned();
+        let mapped_tenants = || {
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+            maps.lines()
+                .filter_map(|line| {
+                    line.split_once(root.as_str()).map(|(_, rest)| rest.split('/').nth(1).unwrap_or("").to_owned())
+                })
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        };
+        let indexes = Indexes::new(directory.path().to_owned(), 4, 2, 15_000_000);
+        let agent = Uuid::now_v7();
+        for _ in 0..40 {
+            let tenant = Uuid::now_v7();
+            let chunk = chunk(Uuid::now_v7(), 1, vec![agent], "bounded handles");
+            indexes.write(tenant, vec![WriteOp::Add(vec![chunk])]).await.unwrap();
+            assert_eq!(indexes.open(tenant).unwrap().search(agent, "en", "handles", 5).unwrap().len(), 1);
+        }
+        // Readers in the cache plus writers still finishing: never all forty.
+        let mapped = mapped_tenants();
+        assert!(mapped > 0, "the check sees the indexes' memory maps");
+        assert!(mapped <= 4 + 2 + 1, "{mapped} tenant indexes are still mapped");
+    }
+
     #[test]
     fn analyzer_keys() {
         assert_eq!(analyzer_key("en"), "en");
