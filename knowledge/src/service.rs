@@ -181,6 +181,14 @@ impl KnowledgeBase {
     /// Stores a new document unpublished, attached to the agent — or finds the tenant's
     /// document with identical content.
     pub async fn stage_new(&self, tenant_id: Uuid, agent_id: Uuid, prepared: Prepared) -> Result<StagedNew> {
+        // Content whose deletion is still being completed is not a duplicate: finish it first.
+        let leftover = {
+            let mut connection = self.pool.acquire().await?;
+            storage::find_by_hash(&mut connection, tenant_id, &prepared.content_sha256).await?
+        };
+        if let Some(leftover) = leftover.filter(|document| document.deleted_at.is_some()) {
+            self.complete_deletion(tenant_id, leftover.id).await?;
+        }
         let mut transaction = self.pool.begin().await?;
         if let Some(existing) = storage::find_by_hash(&mut transaction, tenant_id, &prepared.content_sha256).await? {
             let agents = storage::agents_of(&mut transaction, tenant_id, existing.id).await?;

@@ -260,6 +260,17 @@ async fn search_cites_dedupes_replaces_deletes_and_isolates(backend: Backend) {
     assert!(search(&server, &owner, &support, "zebra migration").await.is_empty());
     let (status, _) = server.get(&format!("/admin/v1/agents/{support}/documents/{document_id}"), &owner).await;
     assert_eq!(status, 404);
+    // Deleted content uploaded again is a new document, not a duplicate of the deleted one.
+    let (status, again) = server
+        .post(
+            &format!("/admin/v1/agents/{support}/documents"),
+            &owner,
+            json!({ "title": "Returns policy", "text": "Returns are no longer accepted after the zebra migration." }),
+        )
+        .await;
+    assert_eq!(status, 201, "{again}");
+    assert_ne!(again["id"].as_str(), Some(document_id.as_str()));
+    server.delete(&format!("/admin/v1/agents/{support}/documents/{}", again["id"].as_str().unwrap()), &owner).await;
 
     // Deleting an agent deletes the documents only it used, and keeps shared ones.
     let temporary = server.agent(&owner, "Temporary").await["id"].as_str().unwrap().to_owned();
