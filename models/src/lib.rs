@@ -16,4 +16,7 @@ pub mod packages;
 pub use embed::BertEmbedder;
 pub use embed::{dot, Embedder};
 pub use error::ModelError;
+#[cfg(feature = "candle")]
+pub use llm::local::{LocalLanguageModel, LocalModelOptions};
+pub use llm::{anthropic::Anthropic, openai::OpenAiCompatible, openai::RemoteSettings};
 pub use packages::{install, installed_dir, Installed, ModelPackage, CHAT_MODEL_PACKAGE, EMBEDDING_PACKAGE, PACKAGES};

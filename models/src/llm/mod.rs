@@ -120,3 +120,12 @@ pub trait LanguageModel: Send + Sync + fmt::Debug {
     /// for a free inference slot); the answer then arrives on the returned stream.
     fn generate(&self, request: GenerationRequest) -> BoxFuture<'_, Result<TokenStream, ModelError>>;
 }
+
+pub mod anthropic;
+pub mod openai;
+mod remote;
+
+#[cfg(feature = "candle")]
+pub mod gguf_tokenizer;
+#[cfg(feature = "candle")]
+pub mod local;
