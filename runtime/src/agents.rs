@@ -160,27 +160,11 @@ pub const DEFAULT_GREETING: &str = "Hello! How can I help you today?";
 /// Creates an agent.
 pub async fn create(runtime: &Runtime, principal: &Principal, input: AgentInput) -> Result<Agent> {
     principal.require(Permission::WriteAgents)?;
-    let now = storage::now();
-    let name = input.name.clone().ok_or_else(|| Error::invalid("name", "is required"))?;
-    let agent = Agent {
-        id: Uuid::now_v7(),
-        tenant_id: principal.tenant_id,
-        public_id: new_public_id(),
-        name,
-        system_prompt: input.system_prompt.clone().unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.to_owned()),
-        greeting: input.greeting.clone().unwrap_or_else(|| DEFAULT_GREETING.to_owned()),
-        language: input.language.clone().unwrap_or_else(|| "en".to_owned()),
-        model: input.model.clone().unwrap_or_default(),
-        retrieval: input.retrieval.clone().unwrap_or_default(),
-        voice: input.voice.clone().unwrap_or_default(),
-        retention: input.retention.clone().unwrap_or_default(),
-        allowed_origins: input.allowed_origins.clone().unwrap_or_default(),
-        created_at: now,
-        updated_at: now,
-    };
-    validate(&agent)?;
+    if input.name.is_none() {
+        return Err(Error::invalid("name", "is required"));
+    }
     let mut transaction = runtime.database().pool().begin().await?;
-    storage::agents::insert(&mut transaction, &agent).await?;
+    let agent = insert_in(&mut transaction, principal.tenant_id, input).await?;
     audit::record(&mut transaction, AuditRecord::by_key(principal, "agent.create", "agent", agent.id.to_string()))
         .await?;
     transaction.commit().await?;
