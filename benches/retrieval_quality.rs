@@ -75,7 +75,7 @@ fn main() -> Result<()> {
 }
 
 async fn run(rebuild: bool) -> Result<()> {
-    let eval_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/eval/retrieval-wikiqa");
+    let eval_dir = eval_dir();
     let corpus_path = eval_dir.join("corpus.jsonl");
     let passages = read_corpus(&corpus_path)?;
     let questions = read_questions(&eval_dir.join("queries-dev.jsonl"))?;
@@ -175,6 +175,17 @@ async fn run(rebuild: bool) -> Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // Data
+
+/// `../shared/eval/retrieval-wikiqa` from the project root (cargo runs benchmarks there), else
+/// from where this file was compiled.
+fn eval_dir() -> PathBuf {
+    let relative = Path::new("../shared/eval/retrieval-wikiqa");
+    if relative.is_dir() {
+        relative.to_owned()
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+    }
+}
 
 fn read_jsonl(path: &Path) -> Result<Vec<Value>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
