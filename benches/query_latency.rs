@@ -43,6 +43,10 @@ use tantivy::tokenizer::{Language, LowerCaser, RemoveLongFilter, SimpleTokenizer
 use tantivy::{Index, ReloadPolicy, Searcher, TantivyDocument, Term};
 use uuid::Uuid;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{directory_size, eval_dir, field, read_corpus, read_jsonl, Passage};
+
 const TOTAL_CHUNKS: usize = 100_000;
 const SEED: u64 = 7_100_000;
 /// Standard deviation of the noise added to each component of a variation's vector.
@@ -72,14 +76,6 @@ const SUFFIXES: &[&str] = &[
     "Other sections expand on this point.",
     "The figures are approximate.",
 ];
-
-#[derive(Debug, Clone)]
-struct Passage {
-    id: String,
-    doc: String,
-    title: String,
-    text: String,
-}
 
 fn main() -> Result<()> {
     if !std::env::args().any(|argument| argument == "--bench") {
@@ -155,43 +151,6 @@ async fn run(rebuild: bool) -> Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // Data
-
-/// `../shared/eval/retrieval-wikiqa` from the project root (cargo runs benchmarks there), else
-/// from where this file was compiled.
-fn eval_dir() -> PathBuf {
-    let relative = Path::new("../shared/eval/retrieval-wikiqa");
-    if relative.is_dir() {
-        relative.to_owned()
-    } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-    }
-}
-
-fn read_jsonl(path: &Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    text.lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| serde_json::from_str(line).with_context(|| format!("bad line in {}", path.display())))
-        .collect()
-}
-
-fn field(value: &Value, name: &str) -> Result<String> {
-    value[name].as_str().map(str::to_owned).with_context(|| format!("missing `{name}` in {value}"))
-}
-
-fn read_corpus(path: &Path) -> Result<Vec<Passage>> {
-    read_jsonl(path)?
-        .iter()
-        .map(|value| {
-            Ok(Passage {
-                id: field(value, "id")?,
-                doc: field(value, "doc")?,
-                title: field(value, "title")?,
-                text: field(value, "text")?,
-            })
-        })
-        .collect()
-}
 
 /// Three phrasings of every dev question: as asked, without its first word, and as a request.
 fn queries(questions: &[String]) -> Vec<String> {
@@ -522,18 +481,6 @@ async fn build(runtime: &Runtime, passages: &[Passage], vectors: &[Vec<f32>]) ->
             "mean_cosine_variation_to_original": mean_cosine,
         },
     }))
-}
-
-fn directory_size(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
-    entries
-        .filter_map(|entry| entry.ok())
-        .map(|entry| match entry.metadata() {
-            Ok(metadata) if metadata.is_dir() => directory_size(&entry.path()),
-            Ok(metadata) => metadata.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 async fn print_corpus(manifest: &Value, runtime: &Runtime, data_dir: &Path, tenant_id: Uuid) -> Result<()> {

@@ -31,6 +31,10 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{directory_size, eval_dir, field, read_corpus, read_jsonl, Passage};
+
 const RESAMPLES: usize = 1_000;
 const SEED: u64 = 20_261_123;
 /// Uploads in flight during ingestion. One, as `parley ingest` sends them: with SQLite, concurrent
@@ -39,14 +43,6 @@ const INGEST_CONCURRENCY: usize = 1;
 /// Candidates per retriever in the offline fusion comparison, as in `service.rs`.
 const CANDIDATES: usize = 50;
 const METRICS: [&str; 4] = ["nDCG@10", "Recall@10", "MRR@10", "Article R@5"];
-
-#[derive(Debug, Clone)]
-struct Passage {
-    id: String,
-    doc: String,
-    title: String,
-    text: String,
-}
 
 #[derive(Debug, Clone)]
 struct Question {
@@ -175,43 +171,6 @@ async fn run(rebuild: bool) -> Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // Data
-
-/// `../shared/eval/retrieval-wikiqa` from the project root (cargo runs benchmarks there), else
-/// from where this file was compiled.
-fn eval_dir() -> PathBuf {
-    let relative = Path::new("../shared/eval/retrieval-wikiqa");
-    if relative.is_dir() {
-        relative.to_owned()
-    } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-    }
-}
-
-fn read_jsonl(path: &Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    text.lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| serde_json::from_str(line).with_context(|| format!("bad line in {}", path.display())))
-        .collect()
-}
-
-fn field(value: &Value, name: &str) -> Result<String> {
-    value[name].as_str().map(str::to_owned).with_context(|| format!("missing `{name}` in {value}"))
-}
-
-fn read_corpus(path: &Path) -> Result<Vec<Passage>> {
-    read_jsonl(path)?
-        .iter()
-        .map(|value| {
-            Ok(Passage {
-                id: field(value, "id")?,
-                doc: field(value, "doc")?,
-                title: field(value, "title")?,
-                text: field(value, "text")?,
-            })
-        })
-        .collect()
-}
 
 fn read_questions(path: &Path) -> Result<Vec<Question>> {
     read_jsonl(path)?
@@ -348,18 +307,6 @@ fn write_vectors(path: &Path, passages: &[Passage], built: &Built, rows: &[Dense
     }
     output.flush()?;
     Ok(())
-}
-
-fn directory_size(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
-    entries
-        .filter_map(|entry| entry.ok())
-        .map(|entry| match entry.metadata() {
-            Ok(metadata) if metadata.is_dir() => directory_size(&entry.path()),
-            Ok(metadata) => metadata.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 async fn print_ingestion(built: &Built, runtime: &Runtime, data_dir: &Path, chunks: usize) -> Result<()> {

@@ -190,9 +190,8 @@ impl KnowledgeBase {
             self.complete_deletion(tenant_id, leftover.id).await?;
         }
         let mut transaction = self.pool.begin().await?;
-        if let Some(existing) = storage::find_by_hash(&mut transaction, tenant_id, &prepared.content_sha256).await? {
-            let agents = storage::agents_of(&mut transaction, tenant_id, existing.id).await?;
-            return Ok(StagedNew::Duplicate { attached: agents.contains(&agent_id), document: Box::new(existing) });
+        if let Some(duplicate) = duplicate_of(&mut transaction, tenant_id, agent_id, &prepared.content_sha256).await? {
+            return Ok(duplicate);
         }
         let now = now();
         let document = Document {
@@ -219,14 +218,10 @@ impl KnowledgeBase {
                 if database_error.is_unique_violation() {
                     drop(transaction);
                     let mut connection = self.pool.acquire().await?;
-                    if let Some(existing) =
-                        storage::find_by_hash(&mut connection, tenant_id, &document.content_sha256).await?
+                    if let Some(duplicate) =
+                        duplicate_of(&mut connection, tenant_id, agent_id, &document.content_sha256).await?
                     {
-                        let agents = storage::agents_of(&mut connection, tenant_id, existing.id).await?;
-                        return Ok(StagedNew::Duplicate {
-                            attached: agents.contains(&agent_id),
-                            document: Box::new(existing),
-                        });
+                        return Ok(duplicate);
                     }
                 }
             }
@@ -583,6 +578,18 @@ impl KnowledgeBase {
         let mut connection = self.pool.acquire().await?;
         storage::tenants_with_documents(&mut connection).await
     }
+}
+
+/// The tenant's document with this content, as a duplicate answer for the agent.
+async fn duplicate_of(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    agent_id: Uuid,
+    sha256: &str,
+) -> Result<Option<StagedNew>> {
+    let Some(existing) = storage::find_by_hash(connection, tenant_id, sha256).await? else { return Ok(None) };
+    let agents = storage::agents_of(connection, tenant_id, existing.id).await?;
+    Ok(Some(StagedNew::Duplicate { attached: agents.contains(&agent_id), document: Box::new(existing) }))
 }
 
 fn now() -> OffsetDateTime {

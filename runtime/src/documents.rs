@@ -8,7 +8,7 @@ pub use parley_knowledge::parse::Format;
 use parley_knowledge::service::Prepared;
 pub use parley_knowledge::storage::Document;
 pub use parley_knowledge::{Content, DocumentInput, SearchHit, SearchMode};
-use parley_knowledge::{SearchRequest, StagedNew};
+use parley_knowledge::{SearchRequest, Staged, StagedNew};
 use uuid::Uuid;
 
 use crate::agents::Agent;
@@ -87,25 +87,7 @@ pub async fn ingest(runtime: &Runtime, principal: &Principal, agent_id: Uuid, up
             Ok(Ingested { document: *document, status: IngestStatus::Duplicate })
         }
         StagedNew::New(staged) => {
-            let published: Result<()> = async {
-                knowledge.index_staged(&staged).await?;
-                let mut transaction = runtime.database().pool().begin().await?;
-                knowledge.publish_in(&mut transaction, &staged).await?;
-                let record =
-                    AuditRecord::by_key(principal, "document.create", "document", staged.document.id.to_string())
-                        .with_details(serde_json::json!({
-                            "agent_id": agent.id, "format": staged.document.format, "chunks": staged.chunks.len(),
-                        }));
-                audit::record(&mut transaction, record).await?;
-                transaction.commit().await?;
-                Ok(())
-            }
-            .await;
-            if let Err(error) = published {
-                knowledge.abandon(&staged).await;
-                return Err(error);
-            }
-            knowledge.after_publish(&staged).await;
+            publish(runtime, principal, agent.id, &staged, "document.create").await?;
             Ok(Ingested {
                 document: published_document(runtime, tenant_id, staged.document.id).await?,
                 status: IngestStatus::Indexed,
@@ -129,22 +111,7 @@ pub async fn replace(
     let Some(staged) = knowledge.stage_replacement(principal.tenant_id, agent.id, document_id, prepared).await? else {
         return Err(Error::NotFound { resource: "document" });
     };
-    let published: Result<()> = async {
-        knowledge.index_staged(&staged).await?;
-        let mut transaction = runtime.database().pool().begin().await?;
-        knowledge.publish_in(&mut transaction, &staged).await?;
-        let record = AuditRecord::by_key(principal, "document.replace", "document", document_id.to_string())
-            .with_details(serde_json::json!({ "agent_id": agent.id, "format": staged.document.format, "chunks": staged.chunks.len() }));
-        audit::record(&mut transaction, record).await?;
-        transaction.commit().await?;
-        Ok(())
-    }
-    .await;
-    if let Err(error) = published {
-        knowledge.abandon(&staged).await;
-        return Err(error);
-    }
-    knowledge.after_publish(&staged).await;
+    publish(runtime, principal, agent.id, &staged, "document.replace").await?;
     published_document(runtime, principal.tenant_id, document_id).await
 }
 
@@ -244,6 +211,36 @@ pub async fn search(
         mode,
     };
     Ok(runtime.knowledge().search(&request).await?)
+}
+
+/// Makes a staged generation searchable: index commit, then publication and its audit entry in
+/// one transaction, then clean-up. A failure undoes the staged generation.
+async fn publish(
+    runtime: &Runtime,
+    principal: &Principal,
+    agent_id: Uuid,
+    staged: &Staged,
+    action: &'static str,
+) -> Result<()> {
+    let knowledge = runtime.knowledge();
+    let published: Result<()> = async {
+        knowledge.index_staged(staged).await?;
+        let mut transaction = runtime.database().pool().begin().await?;
+        knowledge.publish_in(&mut transaction, staged).await?;
+        let record = AuditRecord::by_key(principal, action, "document", staged.document.id.to_string()).with_details(
+            serde_json::json!({ "agent_id": agent_id, "format": staged.document.format, "chunks": staged.chunks.len() }),
+        );
+        audit::record(&mut transaction, record).await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+    .await;
+    if let Err(error) = published {
+        knowledge.abandon(staged).await;
+        return Err(error);
+    }
+    knowledge.after_publish(staged).await;
+    Ok(())
 }
 
 async fn published_document(runtime: &Runtime, tenant_id: Uuid, document_id: Uuid) -> Result<Document> {
