@@ -23,6 +23,8 @@ pub struct DenseIndex {
     codes: Vec<i8>,
     scales: Vec<f32>,
     agents: HashMap<Uuid, Vec<Uuid>>,
+    /// Row of each chunk, so scoring one candidate does not scan every row.
+    rows: HashMap<Uuid, usize>,
 }
 
 /// Quantises a vector to int8 with one scale: `value ≈ code * scale`.
@@ -70,7 +72,7 @@ impl DenseIndex {
 
     /// Approximate memory held, for the cache's budget.
     pub fn bytes(&self) -> usize {
-        self.codes.len() + self.scales.len() * 4 + self.chunk_ids.len() * 32 + self.agents.len() * 64
+        self.codes.len() + self.scales.len() * 4 + self.chunk_ids.len() * 64 + self.agents.len() * 64
     }
 
     pub fn add_rows(&mut self, rows: Vec<DenseRow>) {
@@ -83,6 +85,7 @@ impl DenseIndex {
                 continue;
             }
             let (codes, scale) = quantize(&row.embedding);
+            self.rows.insert(row.chunk_id, self.chunk_ids.len());
             self.chunk_ids.push(row.chunk_id);
             self.document_ids.push(row.document_id);
             self.codes.extend(codes);
@@ -118,6 +121,7 @@ impl DenseIndex {
             keep[(position - 1) / dimensions]
         });
         self.agents.remove(&document_id);
+        self.rows = self.chunk_ids.iter().enumerate().map(|(row, chunk_id)| (*chunk_id, row)).collect();
     }
 
     pub fn set_agents(&mut self, document_id: Uuid, agents: Vec<Uuid>) {
@@ -152,7 +156,7 @@ impl DenseIndex {
 
     /// Cosine of the query with one chunk, if it is here.
     pub fn score(&self, query: &[f32], chunk_id: Uuid) -> Option<f32> {
-        let row = self.chunk_ids.iter().position(|id| *id == chunk_id)?;
+        let row = *self.rows.get(&chunk_id)?;
         let (query_codes, query_scale) = quantize(query);
         let codes = &self.codes[row * self.dimensions..(row + 1) * self.dimensions];
         Some(dot_i8(&query_codes, codes) as f32 * query_scale * self.scales[row])
