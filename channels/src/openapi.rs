@@ -3,12 +3,13 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::admin::{agents, audit, documents, keys, tenants};
+use crate::admin::{agents, audit, conversations, documents, keys, provider_keys, tenants};
+use crate::chat;
 use crate::ops;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Parley", description = "Admin and operations API of a Parley node. Errors are RFC 9457 problem documents (`application/problem+json`) with a stable `code`."),
+    info(title = "Parley", description = "Admin, chat and operations API of a Parley node. Errors are RFC 9457 problem documents (`application/problem+json`) with a stable `code`."),
     paths(
         ops::healthz, ops::readyz, ops::metrics,
         tenants::create, tenants::list, tenants::get_own, tenants::update_own,
@@ -16,6 +17,11 @@ use crate::ops;
         keys::create, keys::list, keys::get, keys::revoke,
         audit::list,
         documents::create, documents::list, documents::get, documents::replace, documents::delete, documents::search,
+        agents::rotate_identity_secret,
+        conversations::list, conversations::get,
+        provider_keys::list, provider_keys::set, provider_keys::delete,
+        tenants::set_token_budget, tenants::own_token_budget,
+        chat::widget_appearance, chat::openai::completions, chat::openai::models,
     ),
     components(schemas(crate::problem::Problem)),
     modifiers(&SecuritySchemes),
@@ -26,6 +32,9 @@ use crate::ops;
         (name = "audit", description = "The audit log of admin mutations"),
         (name = "knowledge", description = "Agents' knowledge bases: documents and search"),
         (name = "operations", description = "Health, readiness and metrics"),
+        (name = "conversations", description = "Transcripts of conversations with agents"),
+        (name = "provider keys", description = "Tenants' API keys for remote model providers (never returned)"),
+        (name = "chat", description = "Visitor-facing chat: the widget's appearance and the OpenAI-compatible endpoint (WebSocket chat: docs/chat-protocol.md)"),
     )
 )]
 pub struct ApiDoc;

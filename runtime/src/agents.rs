@@ -29,6 +29,7 @@ pub struct Agent {
     pub voice: VoiceSettings,
     pub retention: AgentRetention,
     pub allowed_origins: Vec<String>,
+    pub widget: WidgetSettings,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
@@ -60,7 +61,7 @@ impl Default for ModelChoice {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelProvider {
     /// A model run in-process from the local model cache.
@@ -139,6 +140,40 @@ pub enum StorageTier {
     MetadataOnly,
 }
 
+/// How the embeddable widget looks and what it tells visitors. Stored as JSON in the agent row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WidgetSettings {
+    /// The panel's title; unset shows the agent's name.
+    pub title: Option<String>,
+    /// CSS colour of the launcher and the visitor's bubbles (`#rgb` or `#rrggbb`).
+    pub primary_color: String,
+    /// CSS colour of text on the primary colour.
+    pub text_color: String,
+    /// An image URL (https, or a path on this server) shown beside the agent's answers.
+    pub avatar_url: Option<String>,
+    /// Shown at the top of the panel: visitors are told they are talking to an AI.
+    pub disclosure: String,
+    /// The tenant's privacy notice, linked under the disclosure.
+    pub privacy_url: Option<String>,
+    /// The input's placeholder.
+    pub placeholder: String,
+}
+
+impl Default for WidgetSettings {
+    fn default() -> Self {
+        Self {
+            title: None,
+            primary_color: "#1f6feb".to_owned(),
+            text_color: "#ffffff".to_owned(),
+            avatar_url: None,
+            disclosure: "You are chatting with an AI assistant.".to_owned(),
+            privacy_url: None,
+            placeholder: "Type your question…".to_owned(),
+        }
+    }
+}
+
 /// Fields for a new agent; unset fields take their defaults.
 #[derive(Debug, Clone, Default)]
 pub struct AgentInput {
@@ -151,6 +186,7 @@ pub struct AgentInput {
     pub voice: Option<VoiceSettings>,
     pub retention: Option<AgentRetention>,
     pub allowed_origins: Option<Vec<String>>,
+    pub widget: Option<WidgetSettings>,
 }
 
 pub const DEFAULT_SYSTEM_PROMPT: &str =
@@ -191,6 +227,7 @@ pub(crate) async fn insert_in(
         voice: input.voice.unwrap_or_default(),
         retention: input.retention.unwrap_or_default(),
         allowed_origins: input.allowed_origins.unwrap_or_default(),
+        widget: input.widget.unwrap_or_default(),
         created_at: now,
         updated_at: now,
     };
@@ -230,7 +267,7 @@ pub async fn update(runtime: &Runtime, principal: &Principal, agent_id: Uuid, in
             }
         )*};
     }
-    apply!(name, system_prompt, greeting, language, model, retrieval, voice, retention, allowed_origins);
+    apply!(name, system_prompt, greeting, language, model, retrieval, voice, retention, allowed_origins, widget);
     agent.updated_at = storage::now();
     validate(&agent)?;
     storage::agents::update(&mut transaction, &agent).await?;
@@ -328,6 +365,26 @@ fn validate(agent: &Agent) -> Result<()> {
             return Err(Error::invalid(field, "must be at most 36500"));
         }
     }
+    let widget = &agent.widget;
+    if let Some(title) = &widget.title {
+        check_text("widget.title", title, 1, 200)?;
+    }
+    for (field, colour) in [("widget.primary_color", &widget.primary_color), ("widget.text_color", &widget.text_color)]
+    {
+        if !is_hex_colour(colour) {
+            return Err(Error::invalid(field, "must be a hex colour such as #1f6feb or #fff"));
+        }
+    }
+    for (field, url) in [("widget.avatar_url", &widget.avatar_url), ("widget.privacy_url", &widget.privacy_url)] {
+        if let Some(url) = url {
+            let linkable = url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/');
+            if !linkable || url.starts_with("//") || url.len() > 2_000 || url.chars().any(char::is_whitespace) {
+                return Err(Error::invalid(field, "must be an http(s) URL or a path starting with /"));
+            }
+        }
+    }
+    check_text("widget.disclosure", &widget.disclosure, 1, 500)?;
+    check_text("widget.placeholder", &widget.placeholder, 0, 200)?;
     if agent.allowed_origins.len() > 100 {
         return Err(Error::invalid("allowed_origins", "may list at most 100 origins"));
     }
@@ -341,6 +398,34 @@ fn validate(agent: &Agent) -> Result<()> {
     }
     Ok(())
 }
+
+fn is_hex_colour(colour: &str) -> bool {
+    colour
+        .strip_prefix('#')
+        .is_some_and(|hex| matches!(hex.len(), 3 | 6 | 8) && hex.bytes().all(|byte| byte.is_ascii_hexdigit()))
+}
+
+/// Creates or replaces the agent's identity secret, with which a host site signs its users'
+/// ids (HMAC-SHA256) so visitors can be identified. Returned once; stored sealed.
+pub async fn rotate_identity_secret(runtime: &Runtime, principal: &Principal, agent_id: Uuid) -> Result<String> {
+    principal.require(Permission::WriteAgents)?;
+    let secret = format!("is_{}", crate::secrets::Secrets::random_token(32));
+    let sealed = runtime.secrets().seal(IDENTITY_SECRET_PURPOSE, &agent_id.to_string(), secret.as_bytes());
+    let mut transaction = runtime.database().pool().begin().await?;
+    let now = storage::now_millis();
+    if !storage::agents::set_identity_secret(&mut transaction, principal.tenant_id, agent_id, &sealed, now).await? {
+        return Err(Error::NotFound { resource: "agent" });
+    }
+    audit::record(
+        &mut transaction,
+        AuditRecord::by_key(principal, "agent.identity_secret.rotate", "agent", agent_id.to_string()),
+    )
+    .await?;
+    transaction.commit().await?;
+    Ok(secret)
+}
+
+pub(crate) const IDENTITY_SECRET_PURPOSE: &str = "agent-identity-secret";
 
 /// Checks a language tag such as `en` or `pt-BR`.
 pub(crate) fn check_language(tag: &str) -> Result<()> {
@@ -439,10 +524,23 @@ mod tests {
             voice: VoiceSettings::default(),
             retention: AgentRetention::default(),
             allowed_origins: vec![],
+            widget: WidgetSettings::default(),
             created_at: now,
             updated_at: now,
         };
         validate(&agent).unwrap();
+        for (colour, valid) in [("#fff", true), ("#1f6feb", true), ("red", false), ("#12345", false), ("#ggg", false)] {
+            let mut themed = agent.clone();
+            themed.widget.primary_color = colour.into();
+            assert_eq!(validate(&themed).is_ok(), valid, "{colour}");
+        }
+        for (url, valid) in
+            [("https://x.example/p", true), ("/privacy", true), ("//evil", false), ("javascript:x", false)]
+        {
+            let mut linked = agent.clone();
+            linked.widget.privacy_url = Some(url.into());
+            assert_eq!(validate(&linked).is_ok(), valid, "{url}");
+        }
         let mut remote = agent.clone();
         remote.model.provider = ModelProvider::OpenaiCompatible;
         assert!(validate(&remote).is_err());

@@ -53,12 +53,12 @@ impl Role {
             Role::Owner => true,
             Role::Admin => !matches!(permission, ManageOwnerKeys | DeleteTenant),
             Role::Editor => {
-                matches!(permission, ReadTenant | ReadAgents | WriteAgents | ReadKnowledge | WriteKnowledge | Chat)
+                matches!(permission, ReadTenant | ReadAgents | WriteAgents | ReadKnowledge | WriteKnowledge)
             }
             Role::Viewer => {
                 matches!(
                     permission,
-                    ReadTenant | ReadAgents | ReadKnowledge | ReadConversations | ReadAnalytics | ReadAudit | Chat
+                    ReadTenant | ReadAgents | ReadKnowledge | ReadConversations | ReadAnalytics | ReadAudit
                 )
             }
             Role::Client => matches!(permission, Chat),

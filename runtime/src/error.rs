@@ -23,6 +23,14 @@ pub enum ErrorKind {
     TooLarge,
     /// A dependency (the database) is unreachable.
     Unavailable,
+    /// The tenant's daily token budget is spent.
+    BudgetExceeded,
+    /// The agent's language model cannot be used (not installed, no provider key).
+    ModelUnavailable,
+    /// The language model's provider failed before or while answering.
+    ProviderFailed,
+    /// An answer took longer than this node allows.
+    Timeout,
     /// A bug or an unexpected failure; details are logged, never shown.
     Internal,
 }
@@ -54,6 +62,22 @@ pub enum Error {
     Locked(String),
     #[error(transparent)]
     Knowledge(#[from] parley_knowledge::KnowledgeError),
+    #[error("the daily token budget of {budget} tokens is spent; it renews at midnight UTC")]
+    BudgetExceeded { budget: u64 },
+    #[error("{0}")]
+    ModelUnavailable(String),
+    #[error("the language model failed: {0}")]
+    Provider(#[from] parley_models::ModelError),
+    #[error("the answer took longer than {seconds} s")]
+    Timeout { seconds: u64 },
+    #[error("secrets: {0}")]
+    Secrets(#[from] crate::secrets::SecretsError),
+    #[error("{0}")]
+    WrongSecretsKey(String),
+    #[error("messages may be at most {max_chars} characters long")]
+    MessageTooLong { max_chars: usize },
+    #[error("an answer is still being written in this conversation")]
+    Busy,
 }
 
 impl Error {
@@ -66,7 +90,18 @@ impl Error {
             Error::Conflict(_) | Error::Locked(_) => ErrorKind::Conflict,
             Error::RateLimited { .. } => ErrorKind::RateLimited,
             Error::Database(error) if is_unavailable(error) => ErrorKind::Unavailable,
-            Error::Database(_) | Error::Migration(_) | Error::Corrupt(_) | Error::Io(_) => ErrorKind::Internal,
+            Error::Database(_)
+            | Error::Migration(_)
+            | Error::Corrupt(_)
+            | Error::Io(_)
+            | Error::Secrets(_)
+            | Error::WrongSecretsKey(_) => ErrorKind::Internal,
+            Error::BudgetExceeded { .. } => ErrorKind::BudgetExceeded,
+            Error::MessageTooLong { .. } => ErrorKind::TooLarge,
+            Error::Busy => ErrorKind::Conflict,
+            Error::ModelUnavailable(_) => ErrorKind::ModelUnavailable,
+            Error::Provider(_) => ErrorKind::ProviderFailed,
+            Error::Timeout { .. } => ErrorKind::Timeout,
             Error::Knowledge(error) => match error {
                 KnowledgeError::Parse(ParseError::TooLarge { .. }) => ErrorKind::TooLarge,
                 KnowledgeError::Parse(_) => ErrorKind::InvalidInput,
@@ -94,7 +129,18 @@ impl Error {
             Error::Locked(_) => "data_dir_locked",
             Error::RateLimited { .. } => "rate_limited",
             Error::Database(error) if is_unavailable(error) => "unavailable",
-            Error::Database(_) | Error::Migration(_) | Error::Corrupt(_) | Error::Io(_) => "internal",
+            Error::Database(_)
+            | Error::Migration(_)
+            | Error::Corrupt(_)
+            | Error::Io(_)
+            | Error::Secrets(_)
+            | Error::WrongSecretsKey(_) => "internal",
+            Error::BudgetExceeded { .. } => "budget_exceeded",
+            Error::MessageTooLong { .. } => "message_too_long",
+            Error::Busy => "busy",
+            Error::ModelUnavailable(_) => "model_unavailable",
+            Error::Provider(_) => "provider_error",
+            Error::Timeout { .. } => "timeout",
             Error::Knowledge(error) => match error {
                 KnowledgeError::Parse(parse_error) => parse_error.code(),
                 KnowledgeError::Conflict(_) => "conflict",

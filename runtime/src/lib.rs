@@ -13,12 +13,15 @@
 pub mod agents;
 pub mod audit;
 pub mod auth;
+pub mod chat;
 pub mod documents;
 pub mod error;
 pub mod keys;
 pub mod lock;
 pub mod page;
+pub mod provider_keys;
 pub mod rate_limit;
+pub mod secrets;
 pub mod storage;
 pub mod tenants;
 
@@ -29,7 +32,10 @@ use parley_config::Settings;
 use parley_knowledge::KnowledgeBase;
 use parley_models::embed::Embedder;
 
+use crate::chat::engine::ChatEngine;
+use crate::chat::models::ModelRegistry;
 use crate::rate_limit::{InMemoryRateLimiter, RateLimiter};
+use crate::secrets::Secrets;
 use crate::storage::Database;
 
 /// Everything the operations need, cheap to clone.
@@ -39,22 +45,61 @@ pub struct Runtime {
     settings: Arc<Settings>,
     rate_limiter: Arc<dyn RateLimiter>,
     knowledge: KnowledgeBase,
+    secrets: Secrets,
+    models: Arc<ModelRegistry>,
+    chat: Arc<ChatEngine>,
 }
+
+/// A sealed known value in `node_meta`: start-up opens it to refuse a secrets key other than
+/// the one this database's secrets were sealed with.
+const SECRETS_CHECK_KEY: &str = "secrets_check";
+const SECRETS_CHECK_PURPOSE: &str = "secrets-check";
+const SECRETS_CHECK_VALUE: &[u8] = b"parley secrets key check";
 
 impl Runtime {
     /// Connects to the configured database and applies migrations. `embedder` is the one
     /// sentence-embedding model every tenant's knowledge base shares.
     pub async fn open(settings: Settings, embedder: Arc<dyn Embedder>) -> Result<Self> {
         let database = Database::connect(&settings.database_url(), settings.database.max_connections).await?;
-        Ok(Self::with_database(settings, database, embedder))
+        Self::with_database(settings, database, embedder).await
     }
 
-    pub fn with_database(settings: Settings, database: Database, embedder: Arc<dyn Embedder>) -> Self {
+    /// Builds a runtime over an open database: loads the secrets key (creating the default key
+    /// file on first start) and refuses a key other than the one the database was set up with.
+    pub async fn with_database(settings: Settings, database: Database, embedder: Arc<dyn Embedder>) -> Result<Self> {
+        let secrets = Secrets::load(&settings)?;
+        check_secrets_key(&database, &secrets).await?;
         let rate_limiter =
             Arc::new(InMemoryRateLimiter::new(settings.rate_limit.requests_per_second, settings.rate_limit.burst));
         let knowledge =
             KnowledgeBase::new(database.pool().clone(), &settings.data_dir, settings.knowledge.clone(), embedder);
-        Self { database, settings: Arc::new(settings), rate_limiter, knowledge }
+        let models = Arc::new(ModelRegistry::new(&settings.models));
+        let chat = Arc::new(ChatEngine::new(&settings.chat));
+        Ok(Self { database, settings: Arc::new(settings), rate_limiter, knowledge, secrets, models, chat })
+    }
+
+    /// The node's secrets key: seals provider keys and identity secrets, signs resume tokens.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    /// The language models agents answer with.
+    pub fn models(&self) -> &ModelRegistry {
+        &self.models
+    }
+
+    /// Registers who is told about finished chat turns (the node's metrics).
+    pub fn chat_observer(&self, observer: Arc<dyn chat::engine::TurnObserver>) {
+        self.chat.set_observer(observer);
+    }
+
+    /// Chat turns in progress on this node.
+    pub fn live_chat_turns(&self) -> usize {
+        self.chat.live_turns()
+    }
+
+    pub(crate) fn chat_engine(&self) -> &ChatEngine {
+        &self.chat
     }
 
     /// Every tenant's knowledge base.
@@ -85,5 +130,23 @@ impl Runtime {
     /// A page request bounded by this node's settings.
     pub fn page_request(&self, limit: Option<u32>, cursor: Option<&str>) -> Result<page::PageRequest> {
         page::PageRequest::new(limit, cursor, self.settings.api.default_page_size, self.settings.api.max_page_size)
+    }
+}
+
+async fn check_secrets_key(database: &Database, secrets: &Secrets) -> Result<()> {
+    let mut connection = database.pool().acquire().await?;
+    match storage::meta::get(&mut connection, SECRETS_CHECK_KEY).await? {
+        Some(sealed) => match secrets.open(SECRETS_CHECK_PURPOSE, "", &sealed) {
+            Ok(value) if value == SECRETS_CHECK_VALUE => Ok(()),
+            _ => Err(Error::WrongSecretsKey(format!(
+                "the secrets key (key id {}) is not the key this database's secrets were sealed with; \
+                 start with the original key (secrets.key, secrets.key_file or PARLEY_SECRETS__KEY)",
+                secrets.key_id()
+            ))),
+        },
+        None => {
+            let sealed = secrets.seal(SECRETS_CHECK_PURPOSE, "", SECRETS_CHECK_VALUE);
+            storage::meta::set(&mut connection, SECRETS_CHECK_KEY, &sealed).await
+        }
     }
 }

@@ -132,3 +132,45 @@ pub async fn ensure_demo(runtime: &Runtime) -> Result<DemoStatus> {
     transaction.commit().await?;
     Ok(DemoStatus::Created { tenant: created.tenant, agent: Box::new(agent), owner_token: created.owner_key.token })
 }
+
+/// A tenant's token use today and its daily budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBudget {
+    /// The tenant's own budget, if set (otherwise the node's `chat.daily_token_budget`).
+    pub own_budget: Option<u64>,
+    /// The budget in effect.
+    pub daily_token_budget: u64,
+    pub used_today: u64,
+}
+
+/// Sets (or, with `None`, clears) a tenant's daily token budget. Operator only.
+pub async fn set_token_budget(runtime: &Runtime, tenant_id: Uuid, budget: Option<u64>) -> Result<TokenBudget> {
+    let value = budget.map(|budget| i64::try_from(budget).unwrap_or(i64::MAX));
+    let mut transaction = runtime.database().pool().begin().await?;
+    if !storage::usage::set_budget(&mut transaction, tenant_id, value).await? {
+        return Err(Error::NotFound { resource: "tenant" });
+    }
+    let record = AuditRecord::by_operator(tenant_id, "tenant.token_budget.set", "tenant", tenant_id.to_string())
+        .with_details(serde_json::json!({ "daily_token_budget": budget }));
+    audit::record(&mut transaction, record).await?;
+    transaction.commit().await?;
+    token_budget(runtime, tenant_id).await
+}
+
+/// The tenant's budget and today's use.
+pub async fn token_budget(runtime: &Runtime, tenant_id: Uuid) -> Result<TokenBudget> {
+    let mut connection = runtime.database().pool().acquire().await?;
+    let own_budget = storage::usage::budget(&mut connection, tenant_id).await?.map(|budget| budget.max(0) as u64);
+    let used_today = storage::usage::get(&mut connection, tenant_id, &crate::chat::engine::today()).await?;
+    Ok(TokenBudget {
+        own_budget,
+        daily_token_budget: own_budget.unwrap_or(runtime.settings().chat.daily_token_budget),
+        used_today: used_today.max(0) as u64,
+    })
+}
+
+/// The caller's tenant's budget and today's use.
+pub async fn own_token_budget(runtime: &Runtime, principal: &Principal) -> Result<TokenBudget> {
+    principal.require(Permission::ReadTenant)?;
+    token_budget(runtime, principal.tenant_id).await
+}

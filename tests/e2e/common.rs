@@ -111,7 +111,8 @@ impl TestServer {
         tweak(&mut settings);
         settings.validate().unwrap();
         let database = Database::connect(&settings.database_url(), settings.database.max_connections).await.unwrap();
-        let runtime = Runtime::with_database(settings, database, embedder());
+        let runtime = Runtime::with_database(settings, database, embedder()).await.unwrap();
+        runtime.models().set_local(chat_model());
         let state = parley_channels::AppState::new(runtime.clone()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -220,6 +221,20 @@ pub fn embedder() -> Arc<dyn Embedder> {
             let directory = parley_models::installed_dir(&settings.models_dir(), &parley_models::EMBEDDING_PACKAGE)
                 .unwrap_or_else(|error| panic!("the embedding model is not installed ({error}); run `make models`"));
             Arc::new(BertEmbedder::load(&directory).unwrap())
+        })
+        .clone()
+}
+
+/// The local chat model from the model cache, loaded once per test process and shared.
+pub fn chat_model() -> Arc<dyn parley_models::llm::LanguageModel> {
+    static MODEL: OnceLock<Arc<parley_models::LocalLanguageModel>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let settings = Settings { home_dir: std::env::var_os("HOME").map(PathBuf::from), ..Settings::default() };
+            let directory = parley_models::installed_dir(&settings.models_dir(), &parley_models::CHAT_MODEL_PACKAGE)
+                .unwrap_or_else(|error| panic!("the chat model is not installed ({error}); run `make models`"));
+            let options = parley_models::LocalModelOptions { inference_threads: 1, queue_capacity: 64 };
+            Arc::new(parley_models::LocalLanguageModel::load(&directory, options).unwrap())
         })
         .clone()
 }

@@ -39,14 +39,24 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
     };
     let before = snapshot(owner_b.clone()).await;
 
+    let conversation_b = {
+        let mut chat =
+            crate::chat::ChatClient::connect(&server.base, agent_b["public_id"].as_str().unwrap(), None).await.unwrap();
+        chat.hello(serde_json::json!({})).await["conversation_id"].as_str().unwrap().to_owned()
+    };
     let mut walked = 0;
-    for route in routes().into_iter().filter(|route| route.path.contains('{')) {
+    // Provider keys are named, not addressed by id, and always the caller's own; token budgets
+    // are set by the operator only.
+    let addressed_by_id =
+        |path: &str| path.contains('{') && !path.contains("{provider}") && !path.contains("{tenant_id}");
+    for route in routes().into_iter().filter(|route| addressed_by_id(route.path)) {
         let key_id = if route.case == Case::OwnerKeyTarget { &owner_key_b } else { &viewer_key_b };
         let path = route
             .path
             .replace("{agent_id}", agent_b["id"].as_str().unwrap())
             .replace("{key_id}", key_id)
-            .replace("{document_id}", &document_b);
+            .replace("{document_id}", &document_b)
+            .replace("{conversation_id}", &conversation_b);
         let (status, problem) = server.call(route.method.clone(), &path, Some(&owner_a), body(route.case)).await;
         assert_eq!(
             (status, problem["code"].as_str()),
@@ -57,7 +67,7 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
         );
         walked += 1;
     }
-    assert_eq!(walked, 12);
+    assert_eq!(walked, 14);
     // A's own agent with B's document id is not found either.
     let own_agent = agent_a["id"].as_str().unwrap();
     for method in [reqwest::Method::GET, reqwest::Method::DELETE] {

@@ -32,6 +32,10 @@ pub enum Case {
     NewDocument,
     ReplaceDocument,
     Search,
+    ConversationTarget,
+    SetProviderKey,
+    ProviderKeyTarget,
+    TenantTarget,
 }
 
 const READERS: &[&str] = &["owner", "admin", "editor", "viewer"];
@@ -62,9 +66,22 @@ pub fn routes() -> Vec<Route> {
         route(Method::PUT, "/admin/v1/agents/{agent_id}/documents/{document_id}", ReplaceDocument, WRITERS),
         route(Method::DELETE, "/admin/v1/agents/{agent_id}/documents/{document_id}", Plain, WRITERS),
         route(Method::POST, "/admin/v1/agents/{agent_id}/search", Search, READERS),
+        route(Method::POST, "/admin/v1/agents/{agent_id}/identity-secret", Plain, WRITERS),
+        route(Method::GET, "/admin/v1/conversations", Plain, &["owner", "admin", "viewer"]),
+        route(
+            Method::GET,
+            "/admin/v1/conversations/{conversation_id}",
+            ConversationTarget,
+            &["owner", "admin", "viewer"],
+        ),
+        route(Method::GET, "/admin/v1/provider-keys", Plain, READERS),
+        route(Method::PUT, "/admin/v1/provider-keys/{provider}", SetProviderKey, KEY_MANAGERS),
+        route(Method::DELETE, "/admin/v1/provider-keys/{provider}", ProviderKeyTarget, KEY_MANAGERS),
+        route(Method::GET, "/admin/v1/tenant/token-budget", Plain, READERS),
         // Operator only: no tenant key of any role.
         route(Method::GET, "/admin/v1/tenants", Plain, &[]),
         route(Method::POST, "/admin/v1/tenants", NewTenant, &[]),
+        route(Method::PUT, "/admin/v1/tenants/{tenant_id}/token-budget", TenantTarget, &[]),
     ]
 }
 
@@ -81,7 +98,9 @@ pub fn body(case: Case) -> Option<Value> {
         }
         Case::ReplaceDocument => Some(json!({ "text": format!("Replaced content {}.", uuid::Uuid::new_v4()) })),
         Case::Search => Some(json!({ "query": "content" })),
-        Case::Plain | Case::ViewerKeyTarget | Case::OwnerKeyTarget => None,
+        Case::SetProviderKey | Case::ProviderKeyTarget => Some(json!({ "api_key": "sk-matrix-0123456789" })),
+        Case::TenantTarget => Some(json!({ "daily_token_budget": 1000 })),
+        Case::Plain | Case::ViewerKeyTarget | Case::OwnerKeyTarget | Case::ConversationTarget => None,
     }
 }
 
@@ -89,7 +108,7 @@ both_backends!(every_role_on_every_route);
 
 async fn every_role_on_every_route(backend: Backend) {
     let Some(server) = TestServer::start(backend).await else { return };
-    let (_, owner) = server.tenant("Matrix").await;
+    let (tenant_id, owner) = server.tenant("Matrix").await;
     // An extra owner key, so revoking owner keys never hits the last-owner guard.
     server.key(&owner, "owner").await;
     for role in ["owner", "admin", "editor", "viewer", "client"] {
@@ -106,13 +125,32 @@ async fn every_role_on_every_route(backend: Backend) {
             } else {
                 String::new()
             };
+            let conversation_id = if route.case == Case::ConversationTarget {
+                let public_id = server.get(&format!("/admin/v1/agents/{agent_id}"), &owner).await.1["public_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                let mut chat = crate::chat::ChatClient::connect(&server.base, &public_id, None).await.unwrap();
+                chat.hello(json!({})).await["conversation_id"].as_str().unwrap().to_owned()
+            } else {
+                String::new()
+            };
+            if route.case == Case::ProviderKeyTarget {
+                let (status, _) =
+                    server.call(Method::PUT, "/admin/v1/provider-keys/anthropic", Some(&owner), body(route.case)).await;
+                assert_eq!(status, 200);
+            }
             let path = route
                 .path
                 .replace("{agent_id}", &agent_id)
                 .replace("{key_id}", &key_id)
-                .replace("{document_id}", &document_id);
-            let (status, response) = server.call(route.method.clone(), &path, Some(&token), body(route.case)).await;
-            let expected_denial = if route.path == "/admin/v1/tenants" { 401 } else { 403 };
+                .replace("{document_id}", &document_id)
+                .replace("{conversation_id}", &conversation_id)
+                .replace("{provider}", "anthropic")
+                .replace("{tenant_id}", &tenant_id);
+            let body = if route.method == Method::DELETE { None } else { body(route.case) };
+            let (status, response) = server.call(route.method.clone(), &path, Some(&token), body).await;
+            let expected_denial = if route.path.starts_with("/admin/v1/tenants") { 401 } else { 403 };
             if route.allowed.contains(&role) {
                 assert!(
                     (200..300).contains(&status),

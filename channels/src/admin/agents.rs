@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use parley_runtime::agents::{
     self, Agent, AgentInput, AgentRetention, ModelChoice, ModelProvider, RetrievalSettings, StorageTier, VoiceSettings,
+    WidgetSettings,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -221,6 +222,60 @@ impl From<RetentionDto> for AgentRetention {
     }
 }
 
+/// How the embeddable widget looks and what it tells visitors.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct WidgetDto {
+    /// The panel's title; null shows the agent's name.
+    pub title: Option<String>,
+    /// Hex colour of the launcher and the visitor's messages, e.g. `#1f6feb`.
+    pub primary_color: String,
+    /// Hex colour of text on the primary colour.
+    pub text_color: String,
+    /// An image (https URL or a path on this server) shown beside the agent's answers.
+    pub avatar_url: Option<String>,
+    /// Shown at the top of the panel, telling visitors they talk to an AI.
+    pub disclosure: String,
+    /// The tenant's privacy notice, linked under the disclosure.
+    pub privacy_url: Option<String>,
+    /// The input's placeholder.
+    pub placeholder: String,
+}
+
+impl Default for WidgetDto {
+    fn default() -> Self {
+        WidgetSettings::default().into()
+    }
+}
+
+impl From<WidgetSettings> for WidgetDto {
+    fn from(value: WidgetSettings) -> Self {
+        Self {
+            title: value.title,
+            primary_color: value.primary_color,
+            text_color: value.text_color,
+            avatar_url: value.avatar_url,
+            disclosure: value.disclosure,
+            privacy_url: value.privacy_url,
+            placeholder: value.placeholder,
+        }
+    }
+}
+
+impl From<WidgetDto> for WidgetSettings {
+    fn from(value: WidgetDto) -> Self {
+        Self {
+            title: value.title,
+            primary_color: value.primary_color,
+            text_color: value.text_color,
+            avatar_url: value.avatar_url,
+            disclosure: value.disclosure,
+            privacy_url: value.privacy_url,
+            placeholder: value.placeholder,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AgentResponse {
     /// Internal id, used in the admin API.
@@ -236,6 +291,7 @@ pub struct AgentResponse {
     pub voice: VoiceDto,
     pub retention: RetentionDto,
     pub allowed_origins: Vec<String>,
+    pub widget: WidgetDto,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -254,6 +310,7 @@ impl From<Agent> for AgentResponse {
             voice: agent.voice.into(),
             retention: agent.retention.into(),
             allowed_origins: agent.allowed_origins,
+            widget: agent.widget.into(),
             created_at: timestamp(agent.created_at),
             updated_at: timestamp(agent.updated_at),
         }
@@ -277,8 +334,9 @@ pub struct CreateAgentRequest {
     pub retrieval: Option<RetrievalDto>,
     pub voice: Option<VoiceDto>,
     pub retention: Option<RetentionDto>,
-    /// Origins allowed to embed the widget, e.g. `https://example.com`.
+    /// Origins allowed to embed the widget, e.g. `https://example.com`; empty allows any.
     pub allowed_origins: Option<Vec<String>>,
+    pub widget: Option<WidgetDto>,
 }
 
 /// Changes to an agent: fields left out are unchanged; a nested section given is replaced whole.
@@ -294,6 +352,7 @@ pub struct UpdateAgentRequest {
     pub voice: Option<VoiceDto>,
     pub retention: Option<RetentionDto>,
     pub allowed_origins: Option<Vec<String>>,
+    pub widget: Option<WidgetDto>,
 }
 
 impl From<CreateAgentRequest> for AgentInput {
@@ -308,6 +367,7 @@ impl From<CreateAgentRequest> for AgentInput {
             voice: request.voice.map(Into::into),
             retention: request.retention.map(Into::into),
             allowed_origins: request.allowed_origins,
+            widget: request.widget.map(Into::into),
         }
     }
 }
@@ -324,6 +384,7 @@ impl From<UpdateAgentRequest> for AgentInput {
             voice: request.voice.map(Into::into),
             retention: request.retention.map(Into::into),
             allowed_origins: request.allowed_origins,
+            widget: request.widget.map(Into::into),
         }
     }
 }
@@ -391,4 +452,26 @@ pub async fn delete(
     let agent_id = parse_id(&agent_id, "agent")?;
     agents::delete(&state.runtime, &principal, agent_id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The agent's new identity secret, shown once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IdentitySecretResponse {
+    /// Host sites sign a user id as lowercase hex HMAC-SHA256(identity_secret, user_id) and pass
+    /// both to the widget (`data-user-id`, `data-user-signature`). Shown only now.
+    pub identity_secret: String,
+}
+
+/// Create or replace the agent's identity secret (the old one stops verifying at once).
+#[utoipa::path(post, path = "/admin/v1/agents/{agent_id}/identity-secret", tag = "agents",
+    params(("agent_id" = String, Path)), security(("api_key" = [])),
+    responses((status = 201, body = IdentitySecretResponse), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+pub async fn rotate_identity_secret(
+    State(state): State<AppState>,
+    TenantKey(principal): TenantKey,
+    Path(agent_id): Path<String>,
+) -> Result<(StatusCode, Json<IdentitySecretResponse>), ApiError> {
+    let agent_id = parse_id(&agent_id, "agent")?;
+    let identity_secret = agents::rotate_identity_secret(&state.runtime, &principal, agent_id).await?;
+    Ok((StatusCode::CREATED, Json(IdentitySecretResponse { identity_secret })))
 }

@@ -3,8 +3,10 @@
 
 pub mod agents;
 pub mod audit;
+pub mod conversations;
 pub mod documents;
 pub mod keys;
+pub mod provider_keys;
 pub mod tenants;
 
 use time::format_description::well_known::Rfc3339;

@@ -105,3 +105,54 @@ pub async fn update_own(
 ) -> Result<Json<TenantResponse>, ApiError> {
     Ok(Json(tenants::rename_own(&state.runtime, &principal, &request.name).await?.into()))
 }
+
+/// A tenant's daily token budget and today's use.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenBudgetResponse {
+    /// The tenant's own budget; null follows the node's `chat.daily_token_budget`.
+    pub own_budget: Option<u64>,
+    /// The budget in effect, in tokens per UTC day (prompt and answer, local and remote).
+    pub daily_token_budget: u64,
+    pub used_today: u64,
+}
+
+impl From<parley_runtime::tenants::TokenBudget> for TokenBudgetResponse {
+    fn from(budget: parley_runtime::tenants::TokenBudget) -> Self {
+        Self {
+            own_budget: budget.own_budget,
+            daily_token_budget: budget.daily_token_budget,
+            used_today: budget.used_today,
+        }
+    }
+}
+
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetTokenBudgetRequest {
+    /// Tokens per UTC day; null returns to the node's default.
+    pub daily_token_budget: Option<u64>,
+}
+
+/// Set a tenant's daily token budget (operator only).
+#[utoipa::path(put, path = "/admin/v1/tenants/{tenant_id}/token-budget", tag = "tenants",
+    params(("tenant_id" = String, Path)), request_body = SetTokenBudgetRequest, security(("operator_key" = [])),
+    responses((status = 200, body = TokenBudgetResponse), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+pub async fn set_token_budget(
+    State(state): State<AppState>,
+    _operator: Operator,
+    axum::extract::Path(tenant_id): axum::extract::Path<String>,
+    ApiJson(request): ApiJson<SetTokenBudgetRequest>,
+) -> Result<Json<TokenBudgetResponse>, ApiError> {
+    let tenant_id = crate::extract::parse_id(&tenant_id, "tenant")?;
+    Ok(Json(tenants::set_token_budget(&state.runtime, tenant_id, request.daily_token_budget).await?.into()))
+}
+
+/// The tenant's daily token budget and today's use.
+#[utoipa::path(get, path = "/admin/v1/tenant/token-budget", tag = "tenants", security(("api_key" = [])),
+    responses((status = 200, body = TokenBudgetResponse), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+pub async fn own_token_budget(
+    State(state): State<AppState>,
+    TenantKey(principal): TenantKey,
+) -> Result<Json<TokenBudgetResponse>, ApiError> {
+    Ok(Json(tenants::own_token_budget(&state.runtime, &principal).await?.into()))
+}

@@ -6,9 +6,12 @@
 
 pub mod agents;
 pub mod audit;
+pub mod conversations;
 pub mod keys;
 pub mod meta;
+pub mod provider_keys;
 pub mod tenants;
+pub mod usage;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -1,0 +1,232 @@
+//! The widget in a real browser: Debian's Chromium driven over WebDriver (chromedriver), the
+//! protocol spoken with plain HTTP+JSON. The demo page is opened, a question is asked through
+//! the widget's own input, the streamed answer and its source appear, and a reload resumes the
+//! conversation.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::{Backend, TestServer};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// A chromedriver process and one headless Chromium session.
+pub struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    client: reqwest::Client,
+}
+
+impl Browser {
+    /// Starts chromedriver and a headless Chromium. `None` (with a loud note) when neither is
+    /// installed and `PARLEY_REQUIRE_BROWSER` is unset; `make test` installs both and sets it.
+    pub async fn start() -> Option<Self> {
+        let installed = std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists();
+        if !installed {
+            if std::env::var_os("PARLEY_REQUIRE_BROWSER").is_some() {
+                panic!("{CHROMIUM} or {CHROMEDRIVER} is missing; `make setup` installs chromium and chromium-driver");
+            }
+            eprintln!("*** SKIPPED browser test: {CHROMIUM} / {CHROMEDRIVER} not installed (run `make setup`) ***");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            if let Ok(response) = client.get(format!("{base}/status")).send().await {
+                let status: Value = response.json().await.unwrap_or_default();
+                if status["value"]["ready"] == true {
+                    break;
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "chromedriver did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let capabilities = json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--disable-background-networking", "--window-size=1280,900"],
+            },
+        }}});
+        let response: Value =
+            client.post(format!("{base}/session")).json(&capabilities).send().await.unwrap().json().await.unwrap();
+        let session = response["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {response}"));
+        Some(Self { session: session.to_owned(), driver, base, client })
+    }
+
+    async fn command(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let response: Value = self.client.request(method, url).json(&body).send().await.unwrap().json().await.unwrap();
+        if let Some(error) = response["value"].get("error") {
+            panic!("WebDriver {path}: {error} {}", response["value"]["message"]);
+        }
+        response["value"].clone()
+    }
+
+    pub async fn open(&self, url: &str) {
+        self.command(reqwest::Method::POST, "/url", json!({ "url": url })).await;
+    }
+
+    pub async fn refresh(&self) {
+        self.command(reqwest::Method::POST, "/refresh", json!({})).await;
+    }
+
+    /// Runs `script` (a function body) in the page and returns its result.
+    pub async fn script(&self, script: &str, args: Value) -> Value {
+        self.command(reqwest::Method::POST, "/execute/sync", json!({ "script": script, "args": args })).await
+    }
+
+    /// Polls `script` until it returns something other than null/false, or panics after `limit`.
+    pub async fn wait_for(&self, what: &str, script: &str, limit: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let value = self.script(script, json!([])).await;
+            if !(value.is_null() || value == false) {
+                return value;
+            }
+            assert!(started.elapsed() < limit, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// JavaScript: the widget's shadow root.
+const ROOT: &str =
+    "const host = document.querySelector('parley-chat') || document.getElementById('parley-chat-root'); \
+                    const root = host && host.shadowRoot;";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn widget_answers_with_sources_and_resumes_after_reload() {
+    let Some(browser) = Browser::start().await else { return };
+    let server = TestServer::start(Backend::Sqlite).await.unwrap();
+    let (_, token) = server.tenant("Widget").await;
+    let (status, agent) = server
+        .post(
+            "/admin/v1/agents",
+            &token,
+            json!({
+                "name": "Cafe helper",
+                "model": { "provider": "local", "model": "smollm2-135m-instruct", "temperature": 0.0, "top_p": 1.0, "max_tokens": 40 },
+                "widget": { "title": "Zephyr help", "primary_color": "#aa3300", "text_color": "#ffffff",
+                            "disclosure": "You are chatting with an AI assistant.", "privacy_url": "/privacy",
+                            "placeholder": "Ask about the cafe" },
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{agent}");
+    let agent_id = agent["id"].as_str().unwrap();
+    let public_id = agent["public_id"].as_str().unwrap();
+    let text = "The Zephyr Cafe opens at 7:30 in the morning on weekdays and at 9:00 on weekends.";
+    let (status, _) = server
+        .post(
+            &format!("/admin/v1/agents/{agent_id}/documents"),
+            &token,
+            json!({ "title": "Opening hours", "text": text }),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    browser.open(&format!("{}/demo/{public_id}", server.base)).await;
+    // The panel opens by itself on the demo page and connects; it tells visitors about the AI.
+    let disclosure = browser
+        .wait_for(
+            "the widget's disclosure",
+            &format!("{ROOT} const part = root && root.querySelector('[data-part=disclosure]'); return part && part.textContent;"),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(disclosure.as_str().unwrap().contains("AI assistant"), "{disclosure}");
+    browser
+        .wait_for(
+            "a connection",
+            "return window.ParleyChat && window.ParleyChat.state().connected;",
+            Duration::from_secs(30),
+        )
+        .await;
+
+    // Record the assistant bubble's states, to see it stream before it completes.
+    browser
+        .script(
+            &format!(
+                "{ROOT} window.__states = []; new MutationObserver(() => {{ \
+                   root.querySelectorAll('[data-part=message][data-role=assistant]').forEach(m => window.__states.push(m.dataset.state)); \
+                 }}).observe(root, {{ subtree: true, childList: true, attributes: true, characterData: true }}); return true;"
+            ),
+            json!([]),
+        )
+        .await;
+    // Ask through the widget's own input and send button.
+    browser
+        .script(
+            &format!(
+                "{ROOT} const input = root.querySelector('[data-part=input]'); input.focus(); \
+                 input.value = arguments[0]; input.dispatchEvent(new Event('input', {{ bubbles: true }})); \
+                 root.querySelector('[data-part=send]').click(); return true;"
+            ),
+            json!(["When does the Zephyr Cafe open on weekdays?"]),
+        )
+        .await;
+    let answer = browser
+        .wait_for(
+            "a complete answer",
+            &format!(
+                "{ROOT} const done = root.querySelector('[data-part=message][data-role=assistant][data-state=complete]'); \
+                 return done && done.textContent;"
+            ),
+            Duration::from_secs(240),
+        )
+        .await;
+    assert!(!answer.as_str().unwrap().trim().is_empty());
+    let states = browser.script("return window.__states;", json!([])).await;
+    assert!(states.as_array().unwrap().iter().any(|state| state == "streaming"), "never streamed: {states}");
+    let sources = browser
+        .script(
+            &format!("{ROOT} return Array.from(root.querySelectorAll('[data-part=source]')).map(s => s.textContent);"),
+            json!([]),
+        )
+        .await;
+    let sources = sources.as_array().unwrap();
+    assert!(!sources.is_empty(), "the answer shows no source: {answer}");
+    assert!(sources.iter().all(|source| source.as_str().unwrap().contains("Opening hours")), "{sources:?}");
+
+    // Reload: the conversation resumes with both messages, once each.
+    browser.refresh().await;
+    let restored = browser
+        .wait_for(
+            "the resumed conversation",
+            &format!(
+                "{ROOT} if (!root) return null; const messages = root.querySelectorAll('[data-part=message][data-state=complete]'); \
+                 const texts = Array.from(messages).map(m => m.dataset.role); \
+                 return texts.length >= 2 ? texts : null;"
+            ),
+            Duration::from_secs(30),
+        )
+        .await;
+    let roles: Vec<&str> = restored.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(roles.iter().filter(|role| **role == "user").count(), 1, "{roles:?}");
+    assert_eq!(roles.iter().filter(|role| **role == "assistant").count(), 1, "{roles:?}");
+    let state = browser.script("return window.ParleyChat.state();", json!([])).await;
+    let (_, list) = server.get("/admin/v1/conversations", &token).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "the reload resumed, not restarted: {state}");
+    server.stop().await;
+}
