@@ -189,7 +189,7 @@ impl KnowledgeBase {
         if let Some(leftover) = leftover.filter(|document| document.deleted_at.is_some()) {
             self.complete_deletion(tenant_id, leftover.id).await?;
         }
-        let mut transaction = self.pool.begin().await?;
+        let mut transaction = storage::begin_write(&self.pool).await?;
         if let Some(duplicate) = duplicate_of(&mut transaction, tenant_id, agent_id, &prepared.content_sha256).await? {
             return Ok(duplicate);
         }
@@ -248,7 +248,7 @@ impl KnowledgeBase {
         document_id: Uuid,
         prepared: Prepared,
     ) -> Result<Option<Staged>> {
-        let mut transaction = self.pool.begin().await?;
+        let mut transaction = storage::begin_write(&self.pool).await?;
         let Some(current) = storage::get_for_agent(&mut transaction, tenant_id, agent_id, document_id, false).await?
         else {
             return Ok(None);

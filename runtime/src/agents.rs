@@ -199,7 +199,7 @@ pub async fn create(runtime: &Runtime, principal: &Principal, input: AgentInput)
     if input.name.is_none() {
         return Err(Error::invalid("name", "is required"));
     }
-    let mut transaction = runtime.database().pool().begin().await?;
+    let mut transaction = runtime.database().begin().await?;
     let agent = insert_in(&mut transaction, principal.tenant_id, input).await?;
     audit::record(&mut transaction, AuditRecord::by_key(principal, "agent.create", "agent", agent.id.to_string()))
         .await?;
@@ -254,7 +254,7 @@ pub async fn list(runtime: &Runtime, principal: &Principal, page: PageRequest) -
 /// Applies the given fields; nested sections given are replaced whole.
 pub async fn update(runtime: &Runtime, principal: &Principal, agent_id: Uuid, input: AgentInput) -> Result<Agent> {
     principal.require(Permission::WriteAgents)?;
-    let mut transaction = runtime.database().pool().begin().await?;
+    let mut transaction = runtime.database().begin().await?;
     let mut agent = storage::agents::get(&mut transaction, principal.tenant_id, agent_id)
         .await?
         .ok_or(Error::NotFound { resource: "agent" })?;
@@ -283,7 +283,7 @@ pub async fn update(runtime: &Runtime, principal: &Principal, agent_id: Uuid, in
 pub async fn delete(runtime: &Runtime, principal: &Principal, agent_id: Uuid) -> Result<()> {
     principal.require(Permission::WriteAgents)?;
     let tenant_id = principal.tenant_id;
-    let mut transaction = runtime.database().pool().begin().await?;
+    let mut transaction = runtime.database().begin().await?;
     let orphans = parley_knowledge::storage::documents_only_of_agent(&mut transaction, tenant_id, agent_id).await?;
     let now = storage::now();
     for document_id in &orphans {
@@ -411,7 +411,7 @@ pub async fn rotate_identity_secret(runtime: &Runtime, principal: &Principal, ag
     principal.require(Permission::WriteAgents)?;
     let secret = format!("is_{}", crate::secrets::Secrets::random_token(32));
     let sealed = runtime.secrets().seal(IDENTITY_SECRET_PURPOSE, &agent_id.to_string(), secret.as_bytes());
-    let mut transaction = runtime.database().pool().begin().await?;
+    let mut transaction = runtime.database().begin().await?;
     let now = storage::now_millis();
     if !storage::agents::set_identity_secret(&mut transaction, principal.tenant_id, agent_id, &sealed, now).await? {
         return Err(Error::NotFound { resource: "agent" });

@@ -78,7 +78,7 @@ pub async fn ingest(runtime: &Runtime, principal: &Principal, agent_id: Uuid, up
             };
             agents.push(agent.id);
             knowledge.index_agents(tenant_id, &document, &agents).await?;
-            let mut transaction = runtime.database().pool().begin().await?;
+            let mut transaction = runtime.database().begin().await?;
             parley_knowledge::storage::attach_agent(&mut transaction, tenant_id, document.id, agent.id).await?;
             let record = AuditRecord::by_key(principal, "document.attach", "document", document.id.to_string())
                 .with_details(serde_json::json!({ "agent_id": agent.id }));
@@ -120,7 +120,7 @@ pub async fn replace(
 pub async fn delete(runtime: &Runtime, principal: &Principal, agent_id: Uuid, document_id: Uuid) -> Result<()> {
     principal.require(Permission::WriteKnowledge)?;
     let tenant_id = principal.tenant_id;
-    let mut transaction = runtime.database().pool().begin().await?;
+    let mut transaction = runtime.database().begin().await?;
     let Some(document) =
         parley_knowledge::storage::get_for_agent(&mut transaction, tenant_id, agent_id, document_id, false).await?
     else {
@@ -225,7 +225,7 @@ async fn publish(
     let knowledge = runtime.knowledge();
     let published: Result<()> = async {
         knowledge.index_staged(staged).await?;
-        let mut transaction = runtime.database().pool().begin().await?;
+        let mut transaction = runtime.database().begin().await?;
         knowledge.publish_in(&mut transaction, staged).await?;
         let record = AuditRecord::by_key(principal, action, "document", staged.document.id.to_string()).with_details(
             serde_json::json!({ "agent_id": agent_id, "format": staged.document.format, "chunks": staged.chunks.len() }),

@@ -37,7 +37,7 @@ pub async fn create(runtime: &Runtime, principal: &Principal, name: &str, role: 
         principal.require(Permission::ManageOwnerKeys)?;
     }
     validate_name(name)?;
-    let mut transaction = runtime.database().pool().begin().await?;
+    let mut transaction = runtime.database().begin().await?;
     let created = insert_in(&mut transaction, principal.tenant_id, name, role, Some(principal.key_id)).await?;
     let record = AuditRecord::by_key(principal, "api_key.create", "api_key", created.key.id.to_string())
         .with_details(serde_json::json!({ "role": role.as_str() }));
@@ -88,7 +88,7 @@ pub async fn list(runtime: &Runtime, principal: &Principal, page: PageRequest) -
 /// cannot be revoked, so a tenant is never locked out.
 pub async fn revoke(runtime: &Runtime, principal: &Principal, key_id: Uuid) -> Result<ApiKey> {
     principal.require(Permission::ManageKeys)?;
-    let mut transaction = runtime.database().pool().begin().await?;
+    let mut transaction = runtime.database().begin().await?;
     let key = storage::keys::get(&mut transaction, principal.tenant_id, key_id)
         .await?
         .ok_or(Error::NotFound { resource: "API key" })?;
@@ -114,7 +114,7 @@ pub async fn revoke(runtime: &Runtime, principal: &Principal, key_id: Uuid) -> R
 /// Mints a key for a tenant from an offline operator command (`parley admin create-key`).
 pub async fn create_by_operator(runtime: &Runtime, tenant_id: Uuid, name: &str, role: Role) -> Result<CreatedKey> {
     validate_name(name)?;
-    let mut transaction = runtime.database().pool().begin().await?;
+    let mut transaction = runtime.database().begin().await?;
     if storage::tenants::get(&mut transaction, tenant_id).await?.is_none() {
         return Err(Error::NotFound { resource: "tenant" });
     }

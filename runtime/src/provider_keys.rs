@@ -56,7 +56,7 @@ pub async fn set(runtime: &Runtime, principal: &Principal, provider: &str, api_k
     let sealed = runtime.secrets().seal(PURPOSE, &context(principal.tenant_id, provider), api_key.as_bytes());
     let tail: String = api_key.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
     let hint = if api_key.chars().count() > 8 { format!("…{tail}") } else { "…".to_owned() };
-    let mut transaction = runtime.database().pool().begin().await?;
+    let mut transaction = runtime.database().begin().await?;
     storage::provider_keys::upsert(
         &mut transaction,
         principal.tenant_id,
@@ -89,7 +89,7 @@ pub async fn list(runtime: &Runtime, principal: &Principal) -> Result<Vec<Provid
 pub async fn delete(runtime: &Runtime, principal: &Principal, provider: &str) -> Result<()> {
     principal.require(Permission::UpdateTenant)?;
     let provider = parse_provider(provider)?;
-    let mut transaction = runtime.database().pool().begin().await?;
+    let mut transaction = runtime.database().begin().await?;
     if !storage::provider_keys::delete(&mut transaction, principal.tenant_id, provider).await? {
         return Err(Error::NotFound { resource: "provider key" });
     }

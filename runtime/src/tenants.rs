@@ -30,7 +30,7 @@ pub struct CreatedTenant {
 /// Creates a tenant with its first owner key, in one transaction. Operator only.
 pub async fn create(runtime: &Runtime, name: &str) -> Result<CreatedTenant> {
     validate_name(name)?;
-    let mut transaction = runtime.database().pool().begin().await?;
+    let mut transaction = runtime.database().begin().await?;
     let created = create_in(&mut transaction, name).await?;
     transaction.commit().await?;
     Ok(created)
@@ -67,7 +67,7 @@ pub async fn get_own(runtime: &Runtime, principal: &Principal) -> Result<Tenant>
 pub async fn rename_own(runtime: &Runtime, principal: &Principal, name: &str) -> Result<Tenant> {
     principal.require(Permission::UpdateTenant)?;
     validate_name(name)?;
-    let mut transaction = runtime.database().pool().begin().await?;
+    let mut transaction = runtime.database().begin().await?;
     let now = storage::now();
     if !storage::tenants::rename(&mut transaction, principal.tenant_id, name, storage::to_millis(now)).await? {
         return Err(Error::NotFound { resource: "tenant" });
@@ -107,7 +107,7 @@ pub enum DemoStatus {
 
 /// Creates the demo tenant, agent and owner key on a node with no tenant yet.
 pub async fn ensure_demo(runtime: &Runtime) -> Result<DemoStatus> {
-    let mut transaction = runtime.database().pool().begin().await?;
+    let mut transaction = runtime.database().begin().await?;
     if let Some(existing) = storage::meta::get(&mut transaction, DEMO_TENANT_KEY).await? {
         let tenant_id = storage::parse_uuid(&existing)?;
         return Ok(DemoStatus::Existing { tenant_id });
@@ -146,7 +146,7 @@ pub struct TokenBudget {
 /// Sets (or, with `None`, clears) a tenant's daily token budget. Operator only.
 pub async fn set_token_budget(runtime: &Runtime, tenant_id: Uuid, budget: Option<u64>) -> Result<TokenBudget> {
     let value = budget.map(|budget| i64::try_from(budget).unwrap_or(i64::MAX));
-    let mut transaction = runtime.database().pool().begin().await?;
+    let mut transaction = runtime.database().begin().await?;
     if !storage::usage::set_budget(&mut transaction, tenant_id, value).await? {
         return Err(Error::NotFound { resource: "tenant" });
     }

@@ -346,3 +346,34 @@ async fn bad_document_requests_change_nothing(backend: Backend) {
     assert_eq!(server.audit_count(&owner).await, audit_before);
     server.stop().await;
 }
+
+both_backends!(concurrent_uploads_all_succeed);
+
+/// Uploads racing for one tenant's knowledge base all land (SQLite serialises writers with
+/// `BEGIN IMMEDIATE` instead of failing one with "database is locked").
+async fn concurrent_uploads_all_succeed(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let (_, token) = server.tenant("Busy").await;
+    let agent = server.agent(&token, "Busy").await;
+    let agent_id = agent["id"].as_str().unwrap().to_owned();
+    let uploads = (0..8).map(|index| {
+        let (server, token, agent_id) = (&server, token.clone(), agent_id.clone());
+        async move {
+            let text = format!("Concurrent document number {index} talks about topic {}.", uuid::Uuid::new_v4());
+            server
+                .post(
+                    &format!("/admin/v1/agents/{agent_id}/documents"),
+                    &token,
+                    serde_json::json!({ "title": format!("Doc {index}"), "text": text }),
+                )
+                .await
+        }
+    });
+    for (status, body) in futures::future::join_all(uploads).await {
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, list) = server.get(&format!("/admin/v1/agents/{agent_id}/documents?limit=50"), &token).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["items"].as_array().unwrap().len(), 8, "{list}");
+    server.stop().await;
+}

@@ -13,6 +13,14 @@ use uuid::Uuid;
 
 use crate::error::{KnowledgeError, Result};
 
+/// Begins a transaction that will write. On SQLite it takes the write lock at once
+/// (`BEGIN IMMEDIATE`, waiting up to the busy timeout), so a transaction that reads before it
+/// writes does not fail with "database is locked" when another writer committed in between.
+pub async fn begin_write(pool: &sqlx::AnyPool) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+    let sqlite = pool.connect_options().database_url.scheme().starts_with("sqlite");
+    Ok(if sqlite { pool.begin_with("BEGIN IMMEDIATE").await? } else { pool.begin().await? })
+}
+
 /// The knowledge crate's migrations, applied by the runtime after its own.
 pub fn migrator(postgres: bool) -> Migrator {
     let mut migrator =

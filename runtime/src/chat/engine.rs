@@ -229,7 +229,7 @@ pub async fn submit(runtime: &Runtime, session: &Session, message: UserMessage) 
     let user = visitor_message(conversation, &text, client_message_id);
     let history = history_for(runtime, session, None).await?;
     {
-        let mut transaction = runtime.database().pool().begin().await?;
+        let mut transaction = runtime.database().begin().await?;
         storage::conversations::insert_message(&mut transaction, &user).await?;
         storage::conversations::touch(&mut transaction, conversation.tenant_id, conversation.id, storage::now_millis())
             .await?;
@@ -656,7 +656,7 @@ async fn finish_turn(
 }
 
 async fn store_reply(runtime: &Runtime, reply: &StoredMessage) -> Result<()> {
-    let mut transaction = runtime.database().pool().begin().await?;
+    let mut transaction = runtime.database().begin().await?;
     storage::conversations::insert_message(&mut transaction, reply).await?;
     storage::conversations::touch(&mut transaction, reply.tenant_id, reply.conversation_id, storage::now_millis())
         .await?;
