@@ -63,6 +63,15 @@ enum Command {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Data retention (offline; refused while a server holds the data directory).
+    #[command(subcommand)]
+    Retention(RetentionCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RetentionCommand {
+    /// Delete everything past its tenant's retention windows now, and print what was deleted.
+    Run,
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +145,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(command) => admin(settings, command).await,
         Command::Models(command) => models(&settings, command),
         Command::Reindex { tenant } => reindex(settings, tenant).await,
+        Command::Retention(RetentionCommand::Run) => {
+            let _lock = DataDirLock::acquire(&settings.data_dir, "parley retention run")?;
+            let runtime = open_runtime(&settings).await?;
+            let report = parley_runtime::retention::sweep(&runtime, time::OffsetDateTime::now_utc()).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Command::Ingest(_) => Ok(()),
     }
 }
@@ -254,6 +270,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         report_demo(&runtime, &settings, &base_url).await?;
     }
 
+    let sweeper = spawn_retention_sweeper(&runtime, settings.retention.sweep_interval_seconds);
     let state = parley_channels::AppState::new(runtime.clone())?;
     tracing::info!(address = %local, tls, "serving");
     if let (true, Some(cert), Some(key)) = (tls, &settings.server.tls.cert_path, &settings.server.tls.key_path) {
@@ -261,6 +278,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         parley_channels::serve_tls(listener, state, cert, key, shutdown_signal(), grace).await?;
     } else {
         parley_channels::serve(listener, state, shutdown_signal(), grace).await?;
+    }
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
     }
     runtime.database().close().await;
     tracing::info!("stopped");
@@ -291,6 +311,25 @@ async fn report_demo(runtime: &Runtime, settings: &Settings, base_url: &str) -> 
         DemoStatus::NotCreated => {}
     }
     Ok(())
+}
+
+/// Sweeps expired data every `interval_seconds` (the first sweep right after start-up). A sweep
+/// commits in small batches, so stopping it midway loses nothing the next one won't finish.
+fn spawn_retention_sweeper(runtime: &Runtime, interval_seconds: u64) -> Option<tokio::task::JoinHandle<()>> {
+    if interval_seconds == 0 {
+        return None;
+    }
+    let runtime = runtime.clone();
+    Some(tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_secs(interval_seconds));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if let Err(error) = parley_runtime::retention::sweep(&runtime, time::OffsetDateTime::now_utc()).await {
+                tracing::error!(error = %error, "retention sweep failed; retrying at the next interval");
+            }
+        }
+    }))
 }
 
 /// Gives the new demo agent a document to answer from, added with the demo owner key.

@@ -86,7 +86,8 @@ pub fn router(state: AppState) -> Router {
             axum::routing::put(admin::provider_keys::set).delete(admin::provider_keys::delete),
         )
         .route("/tenants/{tenant_id}/token-budget", axum::routing::put(admin::tenants::set_token_budget))
-        .route("/tenant/token-budget", get(admin::tenants::own_token_budget));
+        .route("/tenant/token-budget", get(admin::tenants::own_token_budget))
+        .route("/retention", get(admin::retention::get).put(admin::retention::set));
 
     Router::new()
         .route("/healthz", get(ops::healthz))

@@ -50,6 +50,7 @@ pub struct Settings {
     pub models: ModelSettings,
     pub chat: ChatSettings,
     pub secrets: SecretSettings,
+    pub retention: RetentionSettings,
     /// The user's home directory, from `HOME` (not a setting), for default cache paths.
     #[serde(skip)]
     pub home_dir: Option<PathBuf>,
@@ -70,6 +71,7 @@ impl Default for Settings {
             models: ModelSettings::default(),
             chat: ChatSettings::default(),
             secrets: SecretSettings::default(),
+            retention: RetentionSettings::default(),
             home_dir: None,
         }
     }
@@ -306,6 +308,20 @@ impl Default for ChatSettings {
             daily_token_budget: 2_000_000,
             turn_timeout_seconds: 300,
         }
+    }
+}
+
+/// The retention sweeper, which deletes data past each tenant's retention windows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// Seconds between sweeps while serving; 0 sweeps only on `parley retention run`.
+    pub sweep_interval_seconds: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self { sweep_interval_seconds: 3600 }
     }
 }
 
@@ -574,6 +590,7 @@ pub const SETTING_KEYS: &[&str] = &[
     "chat.turn_timeout_seconds",
     "secrets.key",
     "secrets.key_file",
+    "retention.sweep_interval_seconds",
 ];
 
 /// True when `path` names a setting of `Settings`.

@@ -16,7 +16,7 @@ pub struct AuditEntry {
     pub id: Uuid,
     pub tenant_id: Uuid,
     pub actor_key_id: Option<Uuid>,
-    /// The acting key's role, or `operator`.
+    /// The acting key's role, `operator`, or `system` (the retention sweeper).
     pub actor_role: String,
     /// Dotted action name, e.g. `agent.create`.
     pub action: String,
@@ -51,6 +51,10 @@ impl AuditRecord {
 
     pub fn by_operator(tenant_id: Uuid, action: &'static str, target_type: &'static str, target_id: String) -> Self {
         Self { tenant_id, actor: Actor::Operator, action, target_type, target_id, details: serde_json::json!({}) }
+    }
+
+    pub fn by_system(tenant_id: Uuid, action: &'static str, target_type: &'static str, target_id: String) -> Self {
+        Self { tenant_id, actor: Actor::System, action, target_type, target_id, details: serde_json::json!({}) }
     }
 
     pub fn with_details(mut self, details: serde_json::Value) -> Self {

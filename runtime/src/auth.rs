@@ -132,12 +132,14 @@ pub enum Actor {
     Operator,
     /// A tenant's API key.
     Key(Principal),
+    /// Parley itself (the retention sweeper).
+    System,
 }
 
 impl Actor {
     pub(crate) fn key_id(&self) -> Option<Uuid> {
         match self {
-            Actor::Operator => None,
+            Actor::Operator | Actor::System => None,
             Actor::Key(principal) => Some(principal.key_id),
         }
     }
@@ -145,6 +147,7 @@ impl Actor {
     pub(crate) fn role_name(&self) -> &'static str {
         match self {
             Actor::Operator => "operator",
+            Actor::System => "system",
             Actor::Key(principal) => principal.role.as_str(),
         }
     }

@@ -13,6 +13,7 @@ mod isolation;
 mod knowledge;
 mod knowledge_binary;
 mod matrix;
+mod retention;
 mod samples;
 mod storage;
 mod tidy;

@@ -36,6 +36,7 @@ pub enum Case {
     SetProviderKey,
     ProviderKeyTarget,
     TenantTarget,
+    SetRetention,
 }
 
 const READERS: &[&str] = &["owner", "admin", "editor", "viewer"];
@@ -78,6 +79,8 @@ pub fn routes() -> Vec<Route> {
         route(Method::PUT, "/admin/v1/provider-keys/{provider}", SetProviderKey, KEY_MANAGERS),
         route(Method::DELETE, "/admin/v1/provider-keys/{provider}", ProviderKeyTarget, KEY_MANAGERS),
         route(Method::GET, "/admin/v1/tenant/token-budget", Plain, READERS),
+        route(Method::GET, "/admin/v1/retention", Plain, READERS),
+        route(Method::PUT, "/admin/v1/retention", SetRetention, KEY_MANAGERS),
         // Operator only: no tenant key of any role.
         route(Method::GET, "/admin/v1/tenants", Plain, &[]),
         route(Method::POST, "/admin/v1/tenants", NewTenant, &[]),
@@ -100,6 +103,9 @@ pub fn body(case: Case) -> Option<Value> {
         Case::Search => Some(json!({ "query": "content" })),
         Case::SetProviderKey | Case::ProviderKeyTarget => Some(json!({ "api_key": "sk-matrix-0123456789" })),
         Case::TenantTarget => Some(json!({ "daily_token_budget": 1000 })),
+        Case::SetRetention => {
+            Some(json!({ "transcript_days": 30, "audio_days": 7, "analytics_days": 90, "audit_days": 365 }))
+        }
         Case::Plain | Case::ViewerKeyTarget | Case::OwnerKeyTarget | Case::ConversationTarget => None,
     }
 }

@@ -7,6 +7,7 @@ pub mod conversations;
 pub mod documents;
 pub mod keys;
 pub mod provider_keys;
+pub mod retention;
 pub mod tenants;
 
 use time::format_description::well_known::Rfc3339;

@@ -33,6 +33,8 @@ const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
+/// How long a closing connection waits for its last frames to go out and the client's close.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// The handshake: the agent must exist and the browser's origin must be allowed.
 pub async fn upgrade(
@@ -177,7 +179,9 @@ impl Connection {
                 () = async { let _ = overflowed.wait_for(|overflow| *overflow).await; } => {
                     tracing::info!("closing a chat connection whose client does not read its frames");
                     writer.abort();
-                    break;
+                    drop(connection);
+                    state.metrics.chat_connections.dec();
+                    return;
                 }
                 () = async { let _ = shutdown.wait_for(|stopping| *stopping).await; } => {
                     connection.outbox.close(CLOSE_GOING_AWAY, "server shutting down");
@@ -189,8 +193,17 @@ impl Connection {
             }
         }
         drop(connection);
-        // Let the writer flush what is queued (a close frame, the last error), briefly.
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        // Let the writer flush what is queued (the last error, a close frame) while reading and
+        // discarding what the client still sends: closing a socket with unread input resets the
+        // connection, and the client would lose the frames that explain the close.
+        let mut writer = writer;
+        let flush = async {
+            let _ = (&mut writer).await;
+        };
+        let drain = async { while let Ok(Some(Ok(_))) = tokio::time::timeout(CLOSE_WAIT, stream.next()).await {} };
+        if tokio::time::timeout(CLOSE_WAIT, futures::future::join(flush, drain)).await.is_err() {
+            writer.abort();
+        }
         state.metrics.chat_connections.dec();
     }
 

@@ -133,7 +133,10 @@ pub async fn start(runtime: &Runtime, agent: &Agent, channel: Channel, request: 
         channel,
         visitor_id,
         identity,
-        stores_text: stores_text(agent, None),
+        stores_text: stores_text(
+            agent,
+            Some(crate::retention::tenant_retention(runtime, agent.tenant_id).await?.transcript_days),
+        ),
         started_at: now,
         last_activity_at: now,
     };

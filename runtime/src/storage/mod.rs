@@ -10,6 +10,7 @@ pub mod conversations;
 pub mod keys;
 pub mod meta;
 pub mod provider_keys;
+pub mod retention;
 pub mod tenants;
 pub mod usage;
 
@@ -54,7 +55,7 @@ impl Database {
                     if backend == Backend::Sqlite {
                         connection
                             .execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
+                                "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; \
                                  PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL;",
                             )
                             .await?;
@@ -80,6 +81,15 @@ impl Database {
         runtime_migrations.set_ignore_missing(true);
         runtime_migrations.run(&self.pool).await?;
         parley_knowledge::storage::migrator(self.backend == Backend::Postgres).run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// On SQLite, moves the write-ahead log into the database file and truncates it, so data
+    /// deleted (and zeroed by `secure_delete`) leaves no copy in the log. A no-op on PostgreSQL.
+    pub async fn checkpoint(&self) -> Result<()> {
+        if self.backend == Backend::Sqlite {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await?;
+        }
         Ok(())
     }
 

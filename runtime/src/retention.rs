@@ -1,0 +1,193 @@
+//! Retention: how long each tenant keeps each category of data, and the sweeper that deletes
+//! what has expired.
+//!
+//! Windows are per tenant (`/admin/v1/retention`); an agent may override the transcript window
+//! (`retention.transcript_days`). The sweeper walks every tenant in pages, deletes expired
+//! conversations (with their messages) and audit entries in small batches, each batch in its
+//! own transaction — so it can be stopped at any point and simply run again — and records what
+//! it deleted (counts, never content) in the tenant's audit log.
+//!
+//! A transcript window of 0 days means no message text is stored at all (see
+//! `chat::session::stores_text`); the conversations' metadata is then kept for one day, so a
+//! visitor can still resume a live session, and swept after that.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::audit::{self, AuditRecord};
+use crate::auth::{Permission, Principal};
+use crate::error::{Error, Result};
+use crate::page::PageRequest;
+use crate::{storage, Runtime};
+
+const DAY_MILLIS: i64 = 86_400_000;
+/// Rows deleted per transaction.
+const BATCH: i64 = 500;
+/// Tenants read per page while sweeping.
+const TENANT_PAGE: i64 = 200;
+
+/// A tenant's retention windows, in days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantRetention {
+    /// Conversations and their messages, counted from the last activity; 0 stores no text.
+    pub transcript_days: u32,
+    /// Recorded call audio, for agents that opt in to recording.
+    pub audio_days: u32,
+    /// Individual analytics events (daily aggregates are kept).
+    pub analytics_days: u32,
+    /// The audit log.
+    pub audit_days: u32,
+}
+
+impl Default for TenantRetention {
+    fn default() -> Self {
+        Self { transcript_days: 90, audio_days: 30, analytics_days: 365, audit_days: 730 }
+    }
+}
+
+impl TenantRetention {
+    fn validate(&self) -> Result<()> {
+        for (field, days, minimum) in [
+            ("transcript_days", self.transcript_days, 0),
+            ("audio_days", self.audio_days, 0),
+            ("analytics_days", self.analytics_days, 0),
+            ("audit_days", self.audit_days, 1),
+        ] {
+            if days < minimum || days > 36_500 {
+                return Err(Error::invalid(field, format!("must be between {minimum} and 36500 days")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The caller's tenant's retention windows.
+pub async fn get(runtime: &Runtime, principal: &Principal) -> Result<TenantRetention> {
+    principal.require(Permission::ReadTenant)?;
+    let mut connection = runtime.database().pool().acquire().await?;
+    Ok(storage::retention::get(&mut connection, principal.tenant_id).await?.unwrap_or_default())
+}
+
+/// Replaces the caller's tenant's retention windows; the next sweep applies them.
+pub async fn set(runtime: &Runtime, principal: &Principal, retention: TenantRetention) -> Result<TenantRetention> {
+    principal.require(Permission::UpdateTenant)?;
+    retention.validate()?;
+    let mut transaction = runtime.database().begin().await?;
+    let before = storage::retention::get(&mut transaction, principal.tenant_id).await?.unwrap_or_default();
+    if !storage::retention::set(&mut transaction, principal.tenant_id, &retention).await? {
+        return Err(Error::NotFound { resource: "tenant" });
+    }
+    let record = AuditRecord::by_key(principal, "retention.update", "tenant", principal.tenant_id.to_string())
+        .with_details(serde_json::json!({ "before": before, "after": retention }));
+    audit::record(&mut transaction, record).await?;
+    transaction.commit().await?;
+    Ok(retention)
+}
+
+/// The tenant's transcript window in effect for conversations of every agent, by agent.
+pub(crate) async fn tenant_retention(runtime: &Runtime, tenant_id: Uuid) -> Result<TenantRetention> {
+    let mut connection = runtime.database().pool().acquire().await?;
+    Ok(storage::retention::get(&mut connection, tenant_id).await?.unwrap_or_default())
+}
+
+/// What one sweep deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SweepReport {
+    pub tenants: u64,
+    pub conversations: u64,
+    pub messages: u64,
+    pub audit_entries: u64,
+}
+
+/// Deletes everything whose retention window has passed at `now`, for every tenant.
+pub async fn sweep(runtime: &Runtime, now: OffsetDateTime) -> Result<SweepReport> {
+    let now_millis = storage::to_millis(now);
+    let mut report = SweepReport::default();
+    let mut after = None;
+    loop {
+        let tenants = {
+            let mut connection = runtime.database().pool().acquire().await?;
+            storage::retention::tenant_ids(&mut connection, after, TENANT_PAGE).await?
+        };
+        let Some(last) = tenants.last().copied() else { break };
+        for tenant_id in tenants {
+            let tenant = sweep_tenant(runtime, tenant_id, now_millis).await?;
+            report.tenants += 1;
+            report.conversations += tenant.conversations;
+            report.messages += tenant.messages;
+            report.audit_entries += tenant.audit_entries;
+        }
+        after = Some(last);
+    }
+    if report.conversations + report.messages + report.audit_entries > 0 {
+        runtime.database().checkpoint().await?;
+    }
+    Ok(report)
+}
+
+async fn sweep_tenant(runtime: &Runtime, tenant_id: Uuid, now: i64) -> Result<SweepReport> {
+    let retention = tenant_retention(runtime, tenant_id).await?;
+    let mut report = SweepReport::default();
+    let agents = {
+        let mut connection = runtime.database().pool().acquire().await?;
+        let mut agents = Vec::new();
+        let mut page = PageRequest { limit: 500, after: None };
+        loop {
+            let rows = storage::agents::list(&mut connection, tenant_id, &page).await?;
+            let more = rows.len() > page.limit as usize;
+            agents.extend(rows.into_iter().take(page.limit as usize));
+            if !more {
+                break agents;
+            }
+            page.after = agents.last().map(|agent: &crate::agents::Agent| agent.id);
+        }
+    };
+    for agent in agents {
+        let days = agent.retention.transcript_days.unwrap_or(retention.transcript_days);
+        // With no text stored, metadata is kept a day so live sessions can resume.
+        let cutoff = now - i64::from(days.max(1)) * DAY_MILLIS;
+        loop {
+            let mut transaction = runtime.database().begin().await?;
+            let (conversations, messages) =
+                storage::retention::delete_conversations_before(&mut transaction, tenant_id, agent.id, cutoff, BATCH)
+                    .await?;
+            transaction.commit().await?;
+            report.conversations += conversations;
+            report.messages += messages;
+            if conversations < BATCH as u64 {
+                break;
+            }
+        }
+    }
+    let audit_cutoff = now - i64::from(retention.audit_days) * DAY_MILLIS;
+    loop {
+        let mut transaction = runtime.database().begin().await?;
+        let deleted = storage::retention::delete_audit_before(&mut transaction, tenant_id, audit_cutoff, BATCH).await?;
+        transaction.commit().await?;
+        report.audit_entries += deleted;
+        if deleted < BATCH as u64 {
+            break;
+        }
+    }
+    if report.conversations + report.messages + report.audit_entries > 0 {
+        let mut transaction = runtime.database().begin().await?;
+        let record = AuditRecord::by_system(tenant_id, "retention.sweep", "tenant", tenant_id.to_string())
+            .with_details(serde_json::json!({
+                "conversations": report.conversations,
+                "messages": report.messages,
+                "audit_entries": report.audit_entries,
+            }));
+        audit::record(&mut transaction, record).await?;
+        transaction.commit().await?;
+        tracing::info!(
+            tenant_id = %tenant_id,
+            conversations = report.conversations,
+            messages = report.messages,
+            audit_entries = report.audit_entries,
+            "retention sweep deleted expired data"
+        );
+    }
+    Ok(report)
+}
