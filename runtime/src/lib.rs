@@ -21,6 +21,7 @@ pub mod lock;
 pub mod page;
 pub mod provider_keys;
 pub mod rate_limit;
+pub mod redact;
 pub mod retention;
 pub mod secrets;
 pub mod storage;

@@ -9,7 +9,11 @@ use crate::both_backends;
 use crate::chat::ChatClient;
 use crate::common::{Backend, TestServer};
 
-both_backends!(expired_transcripts_and_audit_entries_are_deleted, zero_days_store_no_text);
+both_backends!(
+    expired_transcripts_and_audit_entries_are_deleted,
+    zero_days_store_no_text,
+    redacted_tier_stores_no_personal_data
+);
 
 async fn chat_once(server: &TestServer, agent: &Value, text: &str) -> String {
     let mut client = ChatClient::connect(&server.base, agent["public_id"].as_str().unwrap(), None).await.unwrap();
@@ -119,5 +123,33 @@ async fn zero_days_store_no_text(backend: Backend) {
     let later = OffsetDateTime::now_utc() + Duration::days(2);
     let report = parley_runtime::retention::sweep(&server.runtime, later).await.unwrap();
     assert_eq!(report.conversations, 1);
+    server.stop().await;
+}
+
+async fn redacted_tier_stores_no_personal_data(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let (_, token) = server.tenant("Careful").await;
+    let (status, agent) = server
+        .post(
+            "/admin/v1/agents",
+            &token,
+            json!({ "name": "Careful", "retention": { "record_audio": false, "storage_tier": "redacted" } }),
+        )
+        .await;
+    assert_eq!(status, 201, "{agent}");
+    let message = "I'm jane.doe@example.com, card 4111 1111 1111 1111, call +44 7700 900123 from 192.168.10.20";
+    let conversation_id = chat_once(&server, &agent, message).await;
+    let (_, transcript) = server.get(&format!("/admin/v1/conversations/{conversation_id}"), &token).await;
+    assert_eq!(transcript["stores_text"], true);
+    let stored = transcript["messages"][0]["text"].as_str().unwrap();
+    assert_eq!(stored, "I'm [email], card [card], call [phone] from [ip]", "{transcript}");
+    if backend == Backend::Sqlite {
+        for file in ["parley.db", "parley.db-wal"] {
+            if let Ok(bytes) = std::fs::read(server.data_dir.path().join(file)) {
+                let needle = b"jane.doe@example.com";
+                assert!(!bytes.windows(needle.len()).any(|window| window == needle), "personal data in {file}");
+            }
+        }
+    }
     server.stop().await;
 }

@@ -26,7 +26,7 @@ use crate::agents::Agent;
 use crate::chat::citations::{self, Attribution};
 use crate::chat::conversations::{Channel, Citation, Conversation, MessageRole, StoredMessage, Timings};
 use crate::chat::prompt::{self, Budget, PromptInput};
-use crate::chat::session::Session;
+use crate::chat::session::{self, Session};
 use crate::chat::Passage;
 use crate::error::{Error, ErrorKind, Result};
 use crate::rate_limit::{InMemoryRateLimiter, RateLimiter};
@@ -226,7 +226,7 @@ pub async fn submit(runtime: &Runtime, session: &Session, message: UserMessage) 
     }
     check_budget(runtime, &mut connection, conversation.tenant_id).await?;
 
-    let user = visitor_message(conversation, &text, client_message_id);
+    let user = visitor_message(session, &text, client_message_id);
     let history = history_for(runtime, session, None).await?;
     {
         let mut transaction = runtime.database().begin().await?;
@@ -268,20 +268,21 @@ pub async fn answer_stateless(
     }
     let mut connection = runtime.database().pool().acquire().await?;
     check_budget(runtime, &mut connection, conversation.tenant_id).await?;
-    let user = visitor_message(conversation, &question, client_message_id);
+    let user = visitor_message(session, &question, client_message_id);
     storage::conversations::insert_message(&mut connection, &user).await?;
     drop(connection);
     start_turn(runtime, session, user, question, history).await
 }
 
-/// A visitor's message as stored: its text only where the conversation keeps text.
-fn visitor_message(conversation: &Conversation, text: &str, client_message_id: String) -> StoredMessage {
+/// A visitor's message as stored: its text as the agent's storage tier allows.
+fn visitor_message(session: &Session, text: &str, client_message_id: String) -> StoredMessage {
+    let conversation = &session.conversation;
     StoredMessage {
         id: Uuid::now_v7(),
         tenant_id: conversation.tenant_id,
         conversation_id: conversation.id,
         role: MessageRole::User,
-        text: conversation.stores_text.then(|| text.to_owned()),
+        text: session::text_to_store(&session.agent, conversation, text),
         client_message_id: Some(client_message_id),
         reply_to: None,
         finish_reason: None,
@@ -626,7 +627,8 @@ async fn finish_turn(
         completion_tokens: outcome.completion_tokens,
         created_at: storage::now(),
     };
-    let stored = StoredMessage { text: conversation.stores_text.then(|| outcome.text.clone()), ..reply.clone() };
+    let stored =
+        StoredMessage { text: session::text_to_store(&session.agent, conversation, &outcome.text), ..reply.clone() };
     if let Err(error) = store_reply(runtime, &stored).await {
         tracing::error!(error = %error, conversation_id = %conversation.id, "cannot store an answer");
     }

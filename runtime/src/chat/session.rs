@@ -74,11 +74,24 @@ pub fn origin_allowed(agent: &Agent, origin: Option<&str>, own_origin: Option<&s
     agent.allowed_origins.iter().any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(origin))
 }
 
-/// Whether conversations with this agent keep message text. Redacted storage also keeps none
-/// until the redaction step exists, so no unredacted text is ever stored.
+/// Whether conversations with this agent keep message text: not with metadata-only storage or
+/// a transcript window of 0 days. (Redacted storage keeps text with personal data replaced;
+/// see [`text_to_store`].)
 pub fn stores_text(agent: &Agent, tenant_transcript_days: Option<u32>) -> bool {
     let days = agent.retention.transcript_days.or(tenant_transcript_days);
-    agent.retention.storage_tier == StorageTier::Full && days != Some(0)
+    agent.retention.storage_tier != StorageTier::MetadataOnly && days != Some(0)
+}
+
+/// A message's text as the agent's storage tier allows it to be stored: whole, with personal
+/// data replaced (`redacted`, see `crate::redact`), or not at all.
+pub fn text_to_store(agent: &Agent, conversation: &Conversation, text: &str) -> Option<String> {
+    if !conversation.stores_text {
+        return None;
+    }
+    Some(match agent.retention.storage_tier {
+        StorageTier::Redacted => crate::redact::redact(text).text,
+        StorageTier::Full | StorageTier::MetadataOnly => text.to_owned(),
+    })
 }
 
 /// Starts a new conversation or resumes the one the token names.
