@@ -314,6 +314,18 @@ async fn openai_compatible_endpoint(backend: Backend) {
     let content = completion["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(!content.is_empty());
     assert!(completion["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    // A client may ask for fewer tokens than the agent allows, and for other sampling.
+    let mut short = request.clone();
+    short["max_tokens"] = json!(3);
+    short["temperature"] = json!(0.5);
+    let (status, completion) = server.post("/v1/chat/completions", &client_key, short).await;
+    assert_eq!(status, 200, "{completion}");
+    assert!(completion["usage"]["completion_tokens"].as_u64().unwrap() <= 3, "{completion}");
+    assert_eq!(completion["choices"][0]["finish_reason"], "length");
+    let mut bad = request.clone();
+    bad["temperature"] = json!(7);
+    let (status, problem) = server.post("/v1/chat/completions", &client_key, bad).await;
+    assert_eq!((status, problem["field"].as_str()), (422, Some("temperature")));
 
     // Streamed: SSE chunks whose deltas add up, a finish reason, then [DONE].
     let mut streamed_request = request.clone();
@@ -341,7 +353,7 @@ async fn openai_compatible_endpoint(backend: Backend) {
 
     // The conversations are stored under the api channel.
     let (_, list) = server.get("/admin/v1/conversations?channel=api", &token).await;
-    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    assert_eq!(list["items"].as_array().unwrap().len(), 3, "a refused request stores nothing");
 
     // Viewers may not chat; another tenant's agent does not exist for this key; bad bodies.
     let (status, problem) = server.post("/v1/chat/completions", &viewer_key, request.clone()).await;

@@ -2,7 +2,8 @@
 //! or not) and `GET /v1/models`. `model` names an agent's public id; the bearer key (role
 //! `client`, `admin` or `owner`) must belong to the agent's tenant. The answer uses the agent's
 //! persona and knowledge base: client `system` messages are ignored, so a key cannot replace the
-//! persona; earlier `user`/`assistant` messages are the conversation's history.
+//! persona; earlier `user`/`assistant` messages are the conversation's history. `max_tokens`
+//! (at most the agent's own), `temperature` and `top_p` are honoured.
 
 use std::convert::Infallible;
 
@@ -31,6 +32,14 @@ pub struct CompletionRequest {
     pub messages: Vec<CompletionMessage>,
     #[serde(default)]
     pub stream: bool,
+    /// At most the agent's own `model.max_tokens`.
+    pub max_tokens: Option<u32>,
+    /// The newer name of `max_tokens`.
+    pub max_completion_tokens: Option<u32>,
+    /// 0–2; the agent's own when absent.
+    pub temperature: Option<f32>,
+    /// In (0, 1]; the agent's own when absent.
+    pub top_p: Option<f32>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -57,10 +66,16 @@ pub async fn completions(
     let runtime = &state.runtime;
     let agent = session::find_agent_for(runtime, &principal, &request.model).await?;
     let (history, question) = split_messages(&request.messages)?;
+    let sampling = engine::Sampling {
+        max_tokens: request.max_completion_tokens.or(request.max_tokens),
+        temperature: request.temperature,
+        top_p: request.top_p,
+    };
+    sampling.validate()?;
     let visitor_id = format!("key_{}", principal.key_id.simple());
     let request_session = SessionRequest { visitor_id: Some(visitor_id), ..SessionRequest::default() };
     let session = session::start(runtime, &agent, Channel::Api, request_session).await?;
-    let subscription = engine::answer_stateless(runtime, &session, history, question).await?;
+    let subscription = engine::answer_stateless(runtime, &session, history, question, sampling).await?;
     let id = format!("chatcmpl-{}", subscription.user_message_id.simple());
     let created = time::OffsetDateTime::now_utc().unix_timestamp();
     if request.stream {

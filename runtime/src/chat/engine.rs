@@ -256,7 +256,11 @@ pub async fn answer_stateless(
     session: &Session,
     history: Vec<ChatMessage>,
     question: String,
+    sampling: Sampling,
 ) -> Result<TurnSubscription> {
+    let mut session = session.clone();
+    sampling.apply(&mut session.agent.model)?;
+    let session = &session;
     let client_message_id = format!("api-{}", Uuid::now_v7());
     let agent = &session.agent;
     let engine = runtime.chat_engine();
@@ -272,6 +276,45 @@ pub async fn answer_stateless(
     storage::conversations::insert_message(&mut connection, &user).await?;
     drop(connection);
     start_turn(runtime, session, user, question, history).await
+}
+
+/// Sampling a client of the OpenAI-compatible endpoint may ask for, within the agent's own
+/// settings: fewer answer tokens than the agent allows, another temperature or top-p.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sampling {
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+}
+
+impl Sampling {
+    /// Checks the ranges, so a bad request is refused before anything is stored.
+    pub fn validate(self) -> Result<()> {
+        if self.max_tokens == Some(0) {
+            return Err(Error::invalid("max_tokens", "must be at least 1"));
+        }
+        if self.temperature.is_some_and(|temperature| !(0.0..=2.0).contains(&temperature)) {
+            return Err(Error::invalid("temperature", "must be between 0 and 2"));
+        }
+        if self.top_p.is_some_and(|top_p| !(top_p > 0.0 && top_p <= 1.0)) {
+            return Err(Error::invalid("top_p", "must be greater than 0 and at most 1"));
+        }
+        Ok(())
+    }
+
+    fn apply(self, model: &mut crate::agents::ModelChoice) -> Result<()> {
+        self.validate()?;
+        if let Some(max_tokens) = self.max_tokens {
+            model.max_tokens = model.max_tokens.min(max_tokens);
+        }
+        if let Some(temperature) = self.temperature {
+            model.temperature = temperature;
+        }
+        if let Some(top_p) = self.top_p {
+            model.top_p = top_p;
+        }
+        Ok(())
+    }
 }
 
 /// A visitor's message as stored: its text as the agent's storage tier allows.
