@@ -138,6 +138,8 @@ pub struct KnowledgeBase {
     indexes: Indexes,
     dense: Arc<DenseCache>,
     embedder: Arc<dyn Embedder>,
+    /// Bounds concurrent query embeddings to the number of cores.
+    embed_permits: Arc<tokio::sync::Semaphore>,
     settings: KnowledgeSettings,
 }
 
@@ -149,7 +151,15 @@ impl KnowledgeBase {
             settings.open_writers,
             settings.writer_memory_bytes,
         );
-        Self { pool, indexes, dense: Arc::new(DenseCache::new(settings.dense_cache_bytes)), embedder, settings }
+        let cores = std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(2);
+        Self {
+            pool,
+            indexes,
+            dense: Arc::new(DenseCache::new(settings.dense_cache_bytes)),
+            embedder,
+            settings,
+            embed_permits: Arc::new(tokio::sync::Semaphore::new(cores)),
+        }
     }
 
     pub fn indexes(&self) -> &Indexes {
@@ -504,6 +514,9 @@ impl KnowledgeBase {
     }
 
     async fn embed_query(&self, query: &str) -> Result<Vec<f32>> {
+        // One query embedding per core at a time: a burst of questions queues here instead of
+        // spawning a blocking thread each and starving the async workers.
+        let _permit = self.embed_permits.acquire().await.map_err(|error| KnowledgeError::Task(error.to_string()))?;
         let embedder = self.embedder.clone();
         let query = query.to_owned();
         let mut vectors = tokio::task::spawn_blocking(move || embedder.embed(&[query.as_str()]))

@@ -605,3 +605,26 @@ async fn a_client_that_never_reads_is_disconnected() {
     assert_eq!(health.status().as_u16(), 200);
     server.stop().await;
 }
+
+/// More conversations at once than the database pool has connections: every session starts and
+/// every message is answered (no request holds one pooled connection while waiting for another).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_visitors_than_database_connections() {
+    let server =
+        TestServer::start_with(Backend::Sqlite, |settings| settings.database.max_connections = 2).await.unwrap();
+    let (_, token) = server.tenant("Crowded").await;
+    let agent = server.agent(&token, "Crowded").await;
+    let visitors = (0..12).map(|index| {
+        let (base, public_id) = (server.base.clone(), public_id(&agent).to_owned());
+        async move {
+            let mut client = ChatClient::connect(&base, &public_id, None).await.unwrap();
+            client.hello(json!({})).await;
+            let frames = client.ask(&format!("c-{index}"), "Is anybody there?").await;
+            frames.last().unwrap()["finish_reason"].as_str().unwrap_or_default().to_owned()
+        }
+    });
+    for finish_reason in futures::future::join_all(visitors).await {
+        assert_eq!(finish_reason, "no_answer");
+    }
+    server.stop().await;
+}

@@ -225,6 +225,9 @@ pub async fn submit(runtime: &Runtime, session: &Session, message: UserMessage) 
         return Err(Error::Busy);
     }
     check_budget(runtime, &mut connection, conversation.tenant_id).await?;
+    // Never hold a pooled connection while taking another: with every connection held by a
+    // request waiting for a second one, the pool would deadlock under load.
+    drop(connection);
 
     let user = visitor_message(session, &text, client_message_id);
     let history = history_for(runtime, session, None).await?;
@@ -235,7 +238,6 @@ pub async fn submit(runtime: &Runtime, session: &Session, message: UserMessage) 
             .await?;
         transaction.commit().await?;
     }
-    drop(connection);
     start_turn(runtime, session, user, text, history).await.map(Submitted::Live)
 }
 

@@ -148,7 +148,7 @@ pub async fn start(runtime: &Runtime, agent: &Agent, channel: Channel, request: 
         identity,
         stores_text: stores_text(
             agent,
-            Some(crate::retention::tenant_retention(runtime, agent.tenant_id).await?.transcript_days),
+            Some(storage::retention::get(&mut connection, agent.tenant_id).await?.unwrap_or_default().transcript_days),
         ),
         started_at: now,
         last_activity_at: now,
