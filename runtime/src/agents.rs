@@ -251,6 +251,26 @@ pub async fn list(runtime: &Runtime, principal: &Principal, page: PageRequest) -
     Ok(Page::from_rows(rows, &page, |agent| agent.id))
 }
 
+/// Every agent of the tenant, oldest first, at most `max` (read a page at a time).
+pub(crate) async fn all_of_tenant(
+    connection: &mut sqlx::AnyConnection,
+    tenant_id: Uuid,
+    max: usize,
+) -> Result<Vec<Agent>> {
+    let mut agents = Vec::new();
+    let mut page = PageRequest { limit: 500, after: None };
+    loop {
+        let rows = storage::agents::list(connection, tenant_id, &page).await?;
+        let more = rows.len() > page.limit as usize;
+        agents.extend(rows.into_iter().take(page.limit as usize));
+        if !more || agents.len() >= max {
+            agents.truncate(max);
+            return Ok(agents);
+        }
+        page.after = agents.last().map(|agent| agent.id);
+    }
+}
+
 /// Applies the given fields; nested sections given are replaced whole.
 pub async fn update(runtime: &Runtime, principal: &Principal, agent_id: Uuid, input: AgentInput) -> Result<Agent> {
     principal.require(Permission::WriteAgents)?;

@@ -18,7 +18,6 @@ use uuid::Uuid;
 use crate::audit::{self, AuditRecord};
 use crate::auth::{Permission, Principal};
 use crate::error::{Error, Result};
-use crate::page::PageRequest;
 use crate::{storage, Runtime};
 
 const DAY_MILLIS: i64 = 86_400_000;
@@ -132,17 +131,7 @@ async fn sweep_tenant(runtime: &Runtime, tenant_id: Uuid, now: i64) -> Result<Sw
     let mut report = SweepReport::default();
     let agents = {
         let mut connection = runtime.database().pool().acquire().await?;
-        let mut agents = Vec::new();
-        let mut page = PageRequest { limit: 500, after: None };
-        loop {
-            let rows = storage::agents::list(&mut connection, tenant_id, &page).await?;
-            let more = rows.len() > page.limit as usize;
-            agents.extend(rows.into_iter().take(page.limit as usize));
-            if !more {
-                break agents;
-            }
-            page.after = agents.last().map(|agent: &crate::agents::Agent| agent.id);
-        }
+        crate::agents::all_of_tenant(&mut connection, tenant_id, usize::MAX).await?
     };
     for agent in agents {
         let days = agent.retention.transcript_days.unwrap_or(retention.transcript_days);

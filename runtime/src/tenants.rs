@@ -160,8 +160,17 @@ pub async fn set_token_budget(runtime: &Runtime, tenant_id: Uuid, budget: Option
 /// The tenant's budget and today's use.
 pub async fn token_budget(runtime: &Runtime, tenant_id: Uuid) -> Result<TokenBudget> {
     let mut connection = runtime.database().pool().acquire().await?;
-    let own_budget = storage::usage::budget(&mut connection, tenant_id).await?.map(|budget| budget.max(0) as u64);
-    let used_today = storage::usage::get(&mut connection, tenant_id, &crate::chat::engine::today()).await?;
+    token_budget_on(runtime, &mut connection, tenant_id).await
+}
+
+/// The tenant's budget and today's use, on a connection the caller holds.
+pub(crate) async fn token_budget_on(
+    runtime: &Runtime,
+    connection: &mut sqlx::AnyConnection,
+    tenant_id: Uuid,
+) -> Result<TokenBudget> {
+    let own_budget = storage::usage::budget(connection, tenant_id).await?.map(|budget| budget.max(0) as u64);
+    let used_today = storage::usage::get(connection, tenant_id, &crate::chat::engine::today()).await?;
     Ok(TokenBudget {
         own_budget,
         daily_token_budget: own_budget.unwrap_or(runtime.settings().chat.daily_token_budget),

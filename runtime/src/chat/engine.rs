@@ -341,13 +341,9 @@ fn visitor_message(session: &Session, text: &str, client_message_id: String) -> 
 }
 
 async fn check_budget(runtime: &Runtime, connection: &mut sqlx::AnyConnection, tenant_id: Uuid) -> Result<()> {
-    let budget = storage::usage::budget(connection, tenant_id)
-        .await?
-        .map(|budget| u64::try_from(budget).unwrap_or(0))
-        .unwrap_or(runtime.settings().chat.daily_token_budget);
-    let used = u64::try_from(storage::usage::get(connection, tenant_id, &today()).await?).unwrap_or(0);
-    if used >= budget {
-        return Err(Error::BudgetExceeded { budget });
+    let budget = crate::tenants::token_budget_on(runtime, connection, tenant_id).await?;
+    if budget.used_today >= budget.daily_token_budget {
+        return Err(Error::BudgetExceeded { budget: budget.daily_token_budget });
     }
     Ok(())
 }

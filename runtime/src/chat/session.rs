@@ -233,15 +233,5 @@ pub async fn find_agent_for(runtime: &Runtime, principal: &crate::auth::Principa
 pub async fn chat_agents(runtime: &Runtime, principal: &crate::auth::Principal) -> Result<Vec<Agent>> {
     principal.require(crate::auth::Permission::Chat)?;
     let mut connection = runtime.database().pool().acquire().await?;
-    let mut agents = Vec::new();
-    let mut page = crate::page::PageRequest { limit: 500, after: None };
-    loop {
-        let rows = storage::agents::list(&mut connection, principal.tenant_id, &page).await?;
-        let more = rows.len() > page.limit as usize;
-        agents.extend(rows.into_iter().take(page.limit as usize));
-        if !more || agents.len() >= 10_000 {
-            return Ok(agents);
-        }
-        page.after = agents.last().map(|agent| agent.id);
-    }
+    crate::agents::all_of_tenant(&mut connection, principal.tenant_id, 10_000).await
 }
