@@ -20,6 +20,7 @@ use parley_runtime::tenants::{self, DemoStatus};
 use parley_runtime::Runtime;
 
 mod ingest;
+mod keys;
 
 /// Parley: a runtime for conversational AI agents.
 #[derive(Debug, Parser)]
@@ -63,6 +64,25 @@ enum Command {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Back up the database and search indexes (SQLite; runs beside a serving node).
+    Backup {
+        /// A new directory to write the backup to.
+        #[arg(long, value_name = "DIR")]
+        output: PathBuf,
+        /// Also copy the secrets key file. Off by default: keep the key apart from the data it protects.
+        #[arg(long)]
+        include_secrets_key: bool,
+    },
+    /// Restore a backup into a fresh data directory (offline), then check every index against the
+    /// database and rebuild any that differs.
+    Restore {
+        /// The backup directory (made by `parley backup`).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+    },
+    /// The node's secrets key, on a running server.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Data retention (offline; refused while a server holds the data directory).
     #[command(subcommand)]
     Retention(RetentionCommand),
@@ -136,6 +156,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         // A client of a running server: no settings of this node are involved.
         return ingest::run(arguments).await;
     }
+    if let Command::Keys(command) = cli.command {
+        return keys::run(command).await;
+    }
     let environment: BTreeMap<String, String> = std::env::vars().collect();
     let overrides = Overrides { listen, data_dir: cli.global.data_dir.clone() };
     let settings = parley_config::load(cli.global.config.as_deref(), &environment, &overrides)?;
@@ -152,7 +175,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::Ingest(_) => Ok(()),
+        Command::Backup { output, include_secrets_key } => {
+            let report = parley_runtime::backup::backup(&settings, &output, include_secrets_key).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            if !report.secrets_key_included {
+                eprintln!(
+                    "note: the secrets key is not in the backup; keep {} (or your configured key) safe apart from it",
+                    settings.secrets_key_file().display()
+                );
+            }
+            Ok(())
+        }
+        Command::Restore { from } => {
+            let _lock = DataDirLock::acquire(&settings.data_dir, "parley restore")?;
+            let files = parley_runtime::backup::restore_files(&settings, &from)?;
+            let runtime = open_runtime(&settings).await?;
+            let check = parley_runtime::backup::check_indexes(&runtime).await?;
+            println!("{}", serde_json::json!({ "restored": files, "indexes": check }));
+            runtime.database().close().await;
+            Ok(())
+        }
+        Command::Ingest(_) | Command::Keys(_) => Ok(()),
     }
 }
 

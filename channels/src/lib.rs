@@ -87,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/tenants/{tenant_id}/token-budget", axum::routing::put(admin::tenants::set_token_budget))
         .route("/tenant/token-budget", get(admin::tenants::own_token_budget))
+        .route("/secrets/rotate", axum::routing::post(admin::secrets::rotate))
         .route("/retention", get(admin::retention::get).put(admin::retention::set));
 
     Router::new()

@@ -335,6 +335,10 @@ pub struct SecretSettings {
     /// A file holding the key (base64). Unset, with no `key`, means `<data_dir>/secrets.key`,
     /// created with a random key on first start.
     pub key_file: Option<PathBuf>,
+    /// Keys this node used before (base64), which still open what they sealed and verify what
+    /// they signed, for nodes whose current key is set inline; with a key file, the file's
+    /// further lines hold them (`parley keys rotate` writes them there).
+    pub previous_keys: Vec<String>,
 }
 
 /// Why settings could not be loaded. Each variant names the key and the layer.
@@ -590,6 +594,7 @@ pub const SETTING_KEYS: &[&str] = &[
     "chat.turn_timeout_seconds",
     "secrets.key",
     "secrets.key_file",
+    "secrets.previous_keys",
     "retention.sweep_interval_seconds",
 ];
 

@@ -209,6 +209,13 @@ impl TenantIndex {
         Ok(Snippet { text: fragment.to_owned(), highlights })
     }
 
+    /// Number of live chunks of one generation of a document.
+    pub fn generation_count(&self, document_id: Uuid, generation: i64) -> Result<u64> {
+        let term = Term::from_field_text(self.fields.document_generation, &generation_key(document_id, generation));
+        let query = TermQuery::new(term, IndexRecordOption::Basic);
+        Ok(self.reader.searcher().search(&query, &tantivy::collector::Count)? as u64)
+    }
+
     /// Number of chunks in the index (all generations), for tests and diagnostics.
     pub fn chunk_count(&self) -> u64 {
         self.reader.searcher().num_docs()

@@ -17,5 +17,6 @@ pub mod storage;
 pub use error::{KnowledgeError, Result};
 pub mod dense;
 pub mod service;
+pub mod snapshot;
 
 pub use service::{Content, DocumentInput, KnowledgeBase, SearchHit, SearchMode, SearchRequest, Staged, StagedNew};

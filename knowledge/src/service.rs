@@ -586,6 +586,34 @@ impl KnowledgeBase {
         Ok(chunk_total)
     }
 
+    /// True when the tenant's index holds exactly the chunks the database publishes: every
+    /// published generation with all its chunks, and nothing else. A restored backup whose
+    /// index snapshot is older or newer than its database is caught here and rebuilt.
+    pub async fn index_matches_database(&self, tenant_id: Uuid) -> Result<bool> {
+        let mut expected = Vec::new();
+        {
+            let mut connection = self.pool.acquire().await?;
+            for (document_id, generation, _) in storage::published_documents(&mut connection, tenant_id).await? {
+                let chunks = storage::chunk_count(&mut connection, tenant_id, document_id, generation).await?;
+                expected.push((document_id, generation, chunks));
+            }
+        }
+        let indexes = self.indexes.clone();
+        tokio::task::spawn_blocking(move || -> Result<bool> {
+            let index = indexes.open(tenant_id)?;
+            let mut total = 0;
+            for (document_id, generation, chunks) in expected {
+                if index.generation_count(document_id, generation)? != chunks {
+                    return Ok(false);
+                }
+                total += chunks;
+            }
+            Ok(index.chunk_count() == total)
+        })
+        .await
+        .map_err(|error| KnowledgeError::Task(error.to_string()))?
+    }
+
     /// Tenants that have documents (for `parley reindex` without `--tenant`).
     pub async fn tenants(&self) -> Result<Vec<Uuid>> {
         let mut connection = self.pool.acquire().await?;

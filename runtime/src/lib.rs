@@ -13,9 +13,11 @@
 pub mod agents;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod chat;
 pub mod documents;
 pub mod error;
+pub mod keyring;
 pub mod keys;
 pub mod lock;
 pub mod page;
@@ -27,7 +29,7 @@ pub mod secrets;
 pub mod storage;
 pub mod tenants;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 pub use error::{Error, ErrorKind, Result};
 use parley_config::Settings;
@@ -47,7 +49,9 @@ pub struct Runtime {
     settings: Arc<Settings>,
     rate_limiter: Arc<dyn RateLimiter>,
     knowledge: KnowledgeBase,
-    secrets: Secrets,
+    /// Swapped whole by a key rotation; readers take a snapshot.
+    secrets: Arc<RwLock<Arc<Secrets>>>,
+    rotation: Arc<tokio::sync::Mutex<()>>,
     models: Arc<ModelRegistry>,
     chat: Arc<ChatEngine>,
 }
@@ -77,12 +81,31 @@ impl Runtime {
             KnowledgeBase::new(database.pool().clone(), &settings.data_dir, settings.knowledge.clone(), embedder);
         let models = Arc::new(ModelRegistry::new(&settings.models));
         let chat = Arc::new(ChatEngine::new(&settings.chat));
-        Ok(Self { database, settings: Arc::new(settings), rate_limiter, knowledge, secrets, models, chat })
+        Ok(Self {
+            database,
+            settings: Arc::new(settings),
+            rate_limiter,
+            knowledge,
+            secrets: Arc::new(RwLock::new(Arc::new(secrets))),
+            rotation: Arc::new(tokio::sync::Mutex::new(())),
+            models,
+            chat,
+        })
     }
 
-    /// The node's secrets key: seals provider keys and identity secrets, signs resume tokens.
-    pub fn secrets(&self) -> &Secrets {
-        &self.secrets
+    /// The node's secrets keyring: seals provider keys and identity secrets, signs resume
+    /// tokens. A snapshot: a key rotation replaces the keyring, not the snapshot.
+    pub fn secrets(&self) -> Arc<Secrets> {
+        Arc::clone(&self.secrets.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Makes `secrets` the keyring every later operation uses (`keyring::rotate`).
+    pub(crate) fn replace_secrets(&self, secrets: Secrets) {
+        *self.secrets.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(secrets);
+    }
+
+    pub(crate) fn rotation_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.rotation
     }
 
     /// The language models agents answer with.
@@ -141,9 +164,11 @@ async fn check_secrets_key(database: &Database, secrets: &Secrets) -> Result<()>
         Some(sealed) => match secrets.open(SECRETS_CHECK_PURPOSE, "", &sealed) {
             Ok(value) if value == SECRETS_CHECK_VALUE => Ok(()),
             _ => Err(Error::WrongSecretsKey(format!(
-                "the secrets key (key id {}) is not the key this database's secrets were sealed with; \
-                 start with the original key (secrets.key, secrets.key_file or PARLEY_SECRETS__KEY)",
-                secrets.key_id()
+                "the secrets key (key id {}) is not the key this database's secrets were sealed with{}; \
+                 start with the original key (secrets.key, secrets.key_file or PARLEY_SECRETS__KEY), or \
+                 keep it as a previous key after a rotation (secrets.previous_keys, or a further line of the key file)",
+                secrets.key_id(),
+                sealed.split('.').nth(1).map(|id| format!(" (key id {id})")).unwrap_or_default()
             ))),
         },
         None => {
@@ -151,4 +176,16 @@ async fn check_secrets_key(database: &Database, secrets: &Secrets) -> Result<()>
             storage::meta::set(&mut connection, SECRETS_CHECK_KEY, &sealed).await
         }
     }
+}
+
+/// Seals the start-up check value under the current key, once a rotation made a new key
+/// current, so a later start with only the old key is refused.
+pub(crate) async fn reseal_secrets_check(database: &Database, secrets: &Secrets) -> Result<()> {
+    let mut connection = database.pool().acquire().await?;
+    let current = storage::meta::get(&mut connection, SECRETS_CHECK_KEY).await?;
+    if current.as_deref().is_some_and(|sealed| !secrets.needs_reseal(sealed)) {
+        return Ok(());
+    }
+    let sealed = secrets.seal(SECRETS_CHECK_PURPOSE, "", SECRETS_CHECK_VALUE);
+    storage::meta::set(&mut connection, SECRETS_CHECK_KEY, &sealed).await
 }

@@ -22,7 +22,7 @@ pub struct ProviderKeyInfo {
     pub updated_at: OffsetDateTime,
 }
 
-const PURPOSE: &str = "provider-api-key";
+pub(crate) const PURPOSE: &str = "provider-api-key";
 
 /// The name a provider's key is stored under; local models take no key.
 pub fn provider_name(provider: ModelProvider) -> Option<&'static str> {
@@ -41,7 +41,7 @@ fn parse_provider(provider: &str) -> Result<&'static str> {
     }
 }
 
-fn context(tenant_id: Uuid, provider: &str) -> String {
+pub(crate) fn context(tenant_id: Uuid, provider: &str) -> String {
     format!("{tenant_id}/{provider}")
 }
 

@@ -65,12 +65,37 @@ const DEFAULT_KEY_FILE_NAME: &str = "secrets.key";
 /// Suggested in error messages as a way to make a key.
 const KEY_RECIPE: &str = "32 random bytes in base64 (for example the output of `openssl rand -base64 32`)";
 
-/// The node's master key and the subkeys derived from it. Cheap enough to clone into state.
+/// The node's keyring: the current master key, which seals and signs, and the previous keys a
+/// rotation left behind, which still open what they sealed and verify what they signed until
+/// everything is sealed again under the current key (`parley keys rotate`). Cheap enough to
+/// clone into state.
 #[derive(Clone)]
 pub struct Secrets {
+    current: MasterKey,
+    previous: Vec<MasterKey>,
+}
+
+/// One master key with its derived encryption cipher and its key id.
+#[derive(Clone)]
+struct MasterKey {
     master_key: [u8; KEY_LEN],
     cipher: Aes256Gcm,
     key_id: String,
+}
+
+impl MasterKey {
+    fn new(key: [u8; KEY_LEN]) -> MasterKey {
+        let encryption_key = derive_subkey(&key, &[ENCRYPT_LABEL]);
+        let cipher = Aes256Gcm::new(&encryption_key.into());
+        let key_id_digest = Sha256::new().chain_update(KEY_ID_LABEL).chain_update(key).finalize();
+        let key_id = hex::encode(&key_id_digest[..KEY_ID_BYTES]);
+        MasterKey { master_key: key, cipher, key_id }
+    }
+
+    fn signer(&self, purpose: &str) -> HmacSha256 {
+        let signing_key = derive_subkey(&self.master_key, &[SIGN_LABEL_PREFIX, purpose.as_bytes()]);
+        hmac_with_key(&signing_key)
+    }
 }
 
 /// Why the key could not be loaded, or a sealed secret could not be opened. Messages name the
@@ -82,6 +107,11 @@ pub enum SecretsError {
          set it to {KEY_RECIPE}"
     )]
     InvalidInlineKey { reason: &'static str },
+    #[error(
+        "setting `secrets.previous_keys` entry {position} is not a valid secrets key: {reason}; each entry is \
+         a key this node used before, {KEY_RECIPE}"
+    )]
+    InvalidPreviousKey { position: usize, reason: &'static str },
     #[error(
         "secrets key file {} is not a valid secrets key: {reason}; it must hold {KEY_RECIPE}. If secrets were \
          already sealed with this node's key, restore the original file from a backup rather than replacing it",
@@ -107,6 +137,12 @@ pub enum SecretsError {
          key it was sealed under (settings `secrets.key` / `secrets.key_file`)"
     )]
     WrongKey { sealed_with: String, running: String },
+    #[error(
+        "the secrets key is set inline (setting `secrets.key`, environment variable PARLEY_SECRETS__KEY), where \
+         Parley cannot store a new key: set the new key as `secrets.key`, the old one in `secrets.previous_keys`, \
+         restart, then run `parley keys rotate --reseal-only`"
+    )]
+    InlineKey,
     #[error("sealed secret is malformed: {reason}")]
     Malformed { reason: &'static str },
     #[error("sealed secret does not decrypt: it was altered, or it was sealed for another purpose or context")]
@@ -125,35 +161,107 @@ impl Secrets {
     /// An invalid inline key or key file, a missing explicit key file, or a key file that
     /// cannot be read or created; each message names the setting or file and what to do.
     pub fn load(settings: &parley_config::Settings) -> Result<Secrets, SecretsError> {
+        let mut previous = Vec::with_capacity(settings.secrets.previous_keys.len());
+        for (index, text) in settings.secrets.previous_keys.iter().enumerate() {
+            let key =
+                decode_key(text).map_err(|reason| SecretsError::InvalidPreviousKey { position: index + 1, reason })?;
+            previous.push(key);
+        }
         if let Some(inline_key) = &settings.secrets.key {
             let key = decode_key(inline_key).map_err(|reason| SecretsError::InvalidInlineKey { reason })?;
-            return Ok(Secrets::from_key(key));
+            return Ok(Secrets::from_key(key).with_previous(previous));
         }
         let path = settings.secrets_key_file();
-        if let Some(key) = read_key_file(&path)? {
-            return Ok(Secrets::from_key(key));
+        if let Some(keys) = read_key_file(&path)? {
+            let mut keys = keys.into_iter();
+            let current = keys.next().ok_or(SecretsError::InvalidKeyFile { path, reason: "it holds no key" })?;
+            return Ok(Secrets::from_key(current).with_previous(keys.chain(previous)));
         }
         if settings.secrets.key_file.is_some() {
             return Err(SecretsError::MissingKeyFile { path });
         }
         let key = create_key_file(&path)?;
-        Ok(Secrets::from_key(key))
+        Ok(Secrets::from_key(key).with_previous(previous))
     }
 
     /// Uses `key` as the master key.
     #[must_use]
     pub fn from_key(key: [u8; KEY_LEN]) -> Secrets {
-        let encryption_key = derive_subkey(&key, &[ENCRYPT_LABEL]);
-        let cipher = Aes256Gcm::new(&encryption_key.into());
-        let key_id_digest = Sha256::new().chain_update(KEY_ID_LABEL).chain_update(key).finalize();
-        let key_id = hex::encode(&key_id_digest[..KEY_ID_BYTES]);
-        Secrets { master_key: key, cipher, key_id }
+        Secrets { current: MasterKey::new(key), previous: Vec::new() }
+    }
+
+    /// Adds previous keys, which open and verify but never seal or sign; the current key and
+    /// repeated keys are skipped.
+    #[must_use]
+    pub fn with_previous(mut self, keys: impl IntoIterator<Item = [u8; KEY_LEN]>) -> Secrets {
+        for key in keys {
+            let key = MasterKey::new(key);
+            if key.key_id != self.current.key_id && self.previous.iter().all(|known| known.key_id != key.key_id) {
+                self.previous.push(key);
+            }
+        }
+        self
+    }
+
+    /// Generates a new master key and makes it current, keeping this keyring's keys as previous
+    /// keys, and stores the new keyring in the key file before returning it: the file is
+    /// replaced atomically (written beside it, flushed, renamed over it), so a crash leaves
+    /// either the old keyring or the new one, never a keyring without a key that sealed
+    /// something.
+    ///
+    /// # Errors
+    ///
+    /// `InlineKey` when the key is set inline (there is no file to store a new key in), or the
+    /// key file cannot be written.
+    pub fn rotate_key_file(&self, settings: &parley_config::Settings) -> Result<Secrets, SecretsError> {
+        if settings.secrets.key.is_some() {
+            return Err(SecretsError::InlineKey);
+        }
+        let mut key = [0u8; KEY_LEN];
+        OsRng.fill_bytes(&mut key);
+        let rotated = Secrets::from_key(key).with_previous(
+            std::iter::once(self.current.master_key).chain(self.previous.iter().map(|old| old.master_key)),
+        );
+        let path = settings.secrets_key_file();
+        let directory = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let file_name = path.file_name().map_or_else(|| DEFAULT_KEY_FILE_NAME.into(), |name| name.to_string_lossy());
+        let temporary_path = directory.join(format!(".{file_name}.{}.tmp", Secrets::random_token(9)));
+        let write_error =
+            |source: io::Error| SecretsError::Io { action: "write the secrets key file", path: path.clone(), source };
+        let mut content = String::from(
+            "# Parley secrets keyring: the first key is current; the others are previous keys kept to open\n\
+             # what they sealed until `parley keys rotate` has sealed everything again.\n",
+        );
+        for master in std::iter::once(&rotated.current).chain(&rotated.previous) {
+            content.push_str(&STANDARD.encode(master.master_key));
+            content.push('\n');
+        }
+        write_new_private_file(&temporary_path, content.as_bytes()).map_err(write_error)?;
+        if let Err(error) = fs::rename(&temporary_path, &path) {
+            let _ = fs::remove_file(&temporary_path);
+            return Err(write_error(error));
+        }
+        sync_directory(directory);
+        Ok(rotated)
     }
 
     /// Identifies the master key without revealing it: 16 lowercase hex digits.
     #[must_use]
     pub fn key_id(&self) -> &str {
-        &self.key_id
+        &self.current.key_id
+    }
+
+    /// The ids of the previous keys, newest first.
+    #[must_use]
+    pub fn previous_key_ids(&self) -> Vec<String> {
+        self.previous.iter().map(|key| key.key_id.clone()).collect()
+    }
+
+    /// True when `sealed` was sealed under a key other than the current one (or is not a
+    /// sealed string at all), so a rotation must seal it again.
+    #[must_use]
+    pub fn needs_reseal(&self, sealed: &str) -> bool {
+        sealed_key_id(sealed) != Some(self.current.key_id.as_str())
     }
 
     /// Encrypts `plaintext` for `purpose` (a fixed name such as `"provider_api_key"`, without
@@ -174,13 +282,14 @@ impl Secrets {
     fn seal_with_nonce(&self, purpose: &str, context: &str, plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> String {
         let associated_data = associated_data(purpose, context);
         let ciphertext = self
+            .current
             .cipher
             .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &associated_data })
             .expect("AES-256-GCM encrypts any plaintext shorter than 64 GiB");
         let mut payload = Vec::with_capacity(NONCE_LEN + ciphertext.len());
         payload.extend_from_slice(&nonce);
         payload.extend_from_slice(&ciphertext);
-        format!("{SEALED_VERSION}.{}.{}", self.key_id, URL_SAFE_NO_PAD.encode(payload))
+        format!("{SEALED_VERSION}.{}.{}", self.current.key_id, URL_SAFE_NO_PAD.encode(payload))
     }
 
     /// Decrypts a string made by `seal` with the same purpose and context. Checks the format
@@ -203,9 +312,13 @@ impl Secrets {
         if !is_key_id(key_id) {
             return Err(SecretsError::Malformed { reason: "the key id is not 16 lowercase hex digits" });
         }
-        if key_id != self.key_id {
-            return Err(SecretsError::WrongKey { sealed_with: key_id.to_owned(), running: self.key_id.clone() });
-        }
+        let Some(master) = std::iter::once(&self.current).chain(&self.previous).find(|master| master.key_id == key_id)
+        else {
+            return Err(SecretsError::WrongKey {
+                sealed_with: key_id.to_owned(),
+                running: self.current.key_id.clone(),
+            });
+        };
         let payload = URL_SAFE_NO_PAD
             .decode(encoded_payload)
             .map_err(|_| SecretsError::Malformed { reason: "the data is not URL-safe base64 without padding" })?;
@@ -214,23 +327,27 @@ impl Secrets {
         }
         let (nonce, ciphertext) = payload.split_at(NONCE_LEN);
         let associated_data = associated_data(purpose, context);
-        self.cipher
+        master
+            .cipher
             .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &associated_data })
             .map_err(|_| SecretsError::Corrupt)
     }
 
-    /// The HMAC-SHA256 tag of `message` under the signing key of `purpose`.
+    /// The HMAC-SHA256 tag of `message` under the current key's signing key of `purpose`.
     #[must_use]
     pub fn sign(&self, purpose: &str, message: &[u8]) -> [u8; TAG_LEN] {
-        self.signer(purpose).chain_update(message).finalize().into_bytes().into()
+        self.current.signer(purpose).chain_update(message).finalize().into_bytes().into()
     }
 
-    /// True when `tag` is exactly `sign(purpose, message)`. The comparison takes the same
-    /// time wherever the tags differ; a truncated or extended tag never verifies.
+    /// True when `tag` is exactly `sign(purpose, message)` under the current key or a previous
+    /// one (tokens signed before a rotation stay valid). The comparison takes the same time
+    /// wherever the tags differ; a truncated or extended tag never verifies.
     #[must_use]
     pub fn verify(&self, purpose: &str, message: &[u8], tag: &[u8]) -> bool {
         // `verify_slice` compares in constant time and rejects any length other than 32.
-        self.signer(purpose).chain_update(message).verify_slice(tag).is_ok()
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .any(|master| master.signer(purpose).chain_update(message).verify_slice(tag).is_ok())
     }
 
     /// `bytes` random bytes from the operating system, as URL-safe base64 without padding.
@@ -240,16 +357,24 @@ impl Secrets {
         OsRng.fill_bytes(&mut buffer);
         URL_SAFE_NO_PAD.encode(buffer)
     }
-
-    fn signer(&self, purpose: &str) -> HmacSha256 {
-        let signing_key = derive_subkey(&self.master_key, &[SIGN_LABEL_PREFIX, purpose.as_bytes()]);
-        hmac_with_key(&signing_key)
-    }
 }
 
 impl fmt::Debug for Secrets {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.debug_struct("Secrets").field("key_id", &self.key_id).finish_non_exhaustive()
+        formatter
+            .debug_struct("Secrets")
+            .field("key_id", &self.current.key_id)
+            .field("previous_key_ids", &self.previous_key_ids())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key id a sealed string names, when it has the sealed layout.
+fn sealed_key_id(sealed: &str) -> Option<&str> {
+    let mut parts = sealed.splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(SEALED_VERSION), Some(key_id), Some(_)) if is_key_id(key_id) => Some(key_id),
+        _ => None,
     }
 }
 
@@ -295,8 +420,9 @@ fn decode_key(text: &str) -> Result<[u8; KEY_LEN], &'static str> {
     <[u8; KEY_LEN]>::try_from(decoded.as_slice()).map_err(|_| "it does not decode to exactly 32 bytes")
 }
 
-/// Reads and decodes a key file; `None` when it does not exist.
-fn read_key_file(path: &Path) -> Result<Option<[u8; KEY_LEN]>, SecretsError> {
+/// Reads and decodes a key file, one key per line (the first is current; blank lines and
+/// lines starting with `#` are skipped); `None` when it does not exist.
+fn read_key_file(path: &Path) -> Result<Option<Vec<[u8; KEY_LEN]>>, SecretsError> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -306,9 +432,15 @@ fn read_key_file(path: &Path) -> Result<Option<[u8; KEY_LEN]>, SecretsError> {
     };
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| SecretsError::InvalidKeyFile { path: path.to_owned(), reason: "it is not text" })?;
-    let key = decode_key(text).map_err(|reason| SecretsError::InvalidKeyFile { path: path.to_owned(), reason })?;
+    let mut keys = Vec::new();
+    for line in text.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#')) {
+        keys.push(decode_key(line).map_err(|reason| SecretsError::InvalidKeyFile { path: path.to_owned(), reason })?);
+    }
+    if keys.is_empty() {
+        return Err(SecretsError::InvalidKeyFile { path: path.to_owned(), reason: "it is empty" });
+    }
     warn_if_readable_by_others(path);
-    Ok(Some(key))
+    Ok(Some(keys))
 }
 
 #[cfg(unix)]
@@ -361,7 +493,7 @@ fn create_key_file(path: &Path) -> Result<[u8; KEY_LEN], SecretsError> {
         }
         Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
             // Another process created the key first: use its key.
-            read_key_file(path)?.ok_or_else(|| SecretsError::Io {
+            read_key_file(path)?.and_then(|keys| keys.first().copied()).ok_or_else(|| SecretsError::Io {
                 action: "read the secrets key file",
                 path: path.to_owned(),
                 source: io::Error::new(io::ErrorKind::NotFound, "it was removed while Parley created it"),
@@ -733,6 +865,78 @@ mod tests {
                 assert!(!message.contains(key.trim()), "{message}");
             }
         }
+    }
+
+    #[test]
+    fn previous_keys_open_and_verify_but_never_seal_or_sign() {
+        let old = secrets();
+        let sealed_before = old.seal("provider_api_key", "tenant-a", b"sealed before the rotation");
+        let tag_before = old.sign("resume_token", b"conversation 7");
+        let rotated = Secrets::from_key([7u8; KEY_LEN]).with_previous([counting_key(), [7u8; KEY_LEN]]);
+
+        assert_eq!(rotated.previous_key_ids(), [old.key_id()], "the current key and repeats are not kept twice");
+        assert_eq!(
+            rotated.open("provider_api_key", "tenant-a", &sealed_before).unwrap(),
+            b"sealed before the rotation"
+        );
+        assert!(rotated.verify("resume_token", b"conversation 7", &tag_before));
+        assert!(rotated.needs_reseal(&sealed_before));
+
+        let sealed_after = rotated.seal("provider_api_key", "tenant-a", b"new");
+        assert!(sealed_after.starts_with(&format!("v1.{}.", rotated.key_id())));
+        assert!(!rotated.needs_reseal(&sealed_after));
+        assert!(rotated.needs_reseal("not sealed at all"));
+        assert_ne!(rotated.sign("resume_token", b"conversation 7"), tag_before, "signing uses the new key");
+        assert!(matches!(old.open("provider_api_key", "tenant-a", &sealed_after), Err(SecretsError::WrongKey { .. })));
+    }
+
+    #[test]
+    fn rotating_the_key_file_keeps_the_old_keys_after_the_new_one() {
+        let directory = tempfile::tempdir().unwrap();
+        let settings = settings_in(directory.path());
+        let first = Secrets::load(&settings).unwrap();
+        let sealed = first.seal("provider_api_key", "tenant-a", b"survives two rotations");
+
+        let second = first.rotate_key_file(&settings).unwrap();
+        assert_ne!(second.key_id(), first.key_id());
+        assert_eq!(second.previous_key_ids(), [first.key_id()]);
+        let third = second.rotate_key_file(&settings).unwrap();
+        assert_eq!(third.previous_key_ids(), [second.key_id(), first.key_id()]);
+
+        let reloaded = Secrets::load(&settings).unwrap();
+        assert_eq!(reloaded.key_id(), third.key_id(), "the file's first key is current after a restart");
+        assert_eq!(reloaded.previous_key_ids(), third.previous_key_ids());
+        assert_eq!(reloaded.open("provider_api_key", "tenant-a", &sealed).unwrap(), b"survives two rotations");
+        let entries: Vec<_> = fs::read_dir(directory.path()).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+        assert_eq!(entries, ["secrets.key"], "no temporary file stays behind");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(directory.path().join("secrets.key")).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "mode {mode:o}");
+        }
+    }
+
+    #[test]
+    fn an_inline_key_cannot_be_rotated_in_place_and_previous_keys_come_from_settings() {
+        let mut settings = settings_with_inline_key(&STANDARD.encode([7u8; KEY_LEN]));
+        settings.secrets.previous_keys = vec![STANDARD.encode(counting_key())];
+        let secrets = Secrets::load(&settings).unwrap();
+        assert_eq!(secrets.previous_key_ids(), [COUNTING_KEY_ID]);
+        assert!(matches!(secrets.rotate_key_file(&settings), Err(SecretsError::InlineKey)));
+
+        settings.secrets.previous_keys = vec![STANDARD.encode(counting_key()), "not a key".into()];
+        let message = load_error(&settings);
+        assert!(message.contains("`secrets.previous_keys` entry 2"), "{message}");
+    }
+
+    #[test]
+    fn a_key_file_with_comments_only_is_invalid() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("keys");
+        fs::write(&path, "# nothing here\n\n").unwrap();
+        let message = load_error(&settings_with_key_file(&path));
+        assert!(message.contains("it is empty"), "{message}");
     }
 
     #[test]

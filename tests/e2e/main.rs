@@ -4,12 +4,14 @@
 mod common;
 
 mod admin_api;
+mod backup;
 mod bad_input;
 mod binary;
 mod browser;
 mod chat;
 mod chat_remote;
 mod isolation;
+mod keyring;
 mod knowledge;
 mod knowledge_binary;
 mod matrix;

@@ -8,6 +8,7 @@ pub mod documents;
 pub mod keys;
 pub mod provider_keys;
 pub mod retention;
+pub mod secrets;
 pub mod tenants;
 
 use time::format_description::well_known::Rfc3339;

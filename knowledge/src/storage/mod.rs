@@ -548,6 +548,24 @@ pub async fn dense_rows(
     Ok((dense, agents))
 }
 
+/// How many chunks a document's generation has.
+pub async fn chunk_count(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    document_id: Uuid,
+    generation: i64,
+) -> Result<u64> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM kb_chunks WHERE tenant_id = $1 AND document_id = $2 AND generation = $3",
+    )
+    .bind(tenant_id.to_string())
+    .bind(document_id.to_string())
+    .bind(generation)
+    .fetch_one(connection)
+    .await?;
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
 /// Published documents of a tenant with their generation, for rebuilding its index.
 pub async fn published_documents(connection: &mut AnyConnection, tenant_id: Uuid) -> Result<Vec<(Uuid, i64, String)>> {
     let rows = sqlx::query(

@@ -6,11 +6,13 @@
 
 pub mod agents;
 pub mod audit;
+pub mod backup;
 pub mod conversations;
 pub mod keys;
 pub mod meta;
 pub mod provider_keys;
 pub mod retention;
+pub mod sealed;
 pub mod tenants;
 pub mod usage;
 
