@@ -4,8 +4,9 @@
 //! Windows are per tenant (`/admin/v1/retention`); an agent may override the transcript window
 //! (`retention.transcript_days`). The sweeper walks every tenant in pages, deletes expired
 //! conversations (with their messages) and audit entries in small batches, each batch in its
-//! own transaction — so it can be stopped at any point and simply run again — and records what
-//! it deleted (counts, never content) in the tenant's audit log.
+//! own transaction together with the audit entry recording what it deleted (counts, never
+//! content) — so it can be stopped at any point, and simply run again, with the audit log
+//! telling exactly what was deleted.
 //!
 //! A transcript window of 0 days means no message text is stored at all (see
 //! `chat::session::stores_text`); the conversations' metadata is then kept for one day, so a
@@ -142,6 +143,11 @@ async fn sweep_tenant(runtime: &Runtime, tenant_id: Uuid, now: i64) -> Result<Sw
             let (conversations, messages) =
                 storage::retention::delete_conversations_before(&mut transaction, tenant_id, agent.id, cutoff, BATCH)
                     .await?;
+            if conversations > 0 {
+                let details =
+                    serde_json::json!({ "agent_id": agent.id, "conversations": conversations, "messages": messages });
+                record_sweep(&mut transaction, tenant_id, details).await?;
+            }
             transaction.commit().await?;
             report.conversations += conversations;
             report.messages += messages;
@@ -154,6 +160,9 @@ async fn sweep_tenant(runtime: &Runtime, tenant_id: Uuid, now: i64) -> Result<Sw
     loop {
         let mut transaction = runtime.database().begin().await?;
         let deleted = storage::retention::delete_audit_before(&mut transaction, tenant_id, audit_cutoff, BATCH).await?;
+        if deleted > 0 {
+            record_sweep(&mut transaction, tenant_id, serde_json::json!({ "audit_entries": deleted })).await?;
+        }
         transaction.commit().await?;
         report.audit_entries += deleted;
         if deleted < BATCH as u64 {
@@ -161,15 +170,6 @@ async fn sweep_tenant(runtime: &Runtime, tenant_id: Uuid, now: i64) -> Result<Sw
         }
     }
     if report.conversations + report.messages + report.audit_entries > 0 {
-        let mut transaction = runtime.database().begin().await?;
-        let record = AuditRecord::by_system(tenant_id, "retention.sweep", "tenant", tenant_id.to_string())
-            .with_details(serde_json::json!({
-                "conversations": report.conversations,
-                "messages": report.messages,
-                "audit_entries": report.audit_entries,
-            }));
-        audit::record(&mut transaction, record).await?;
-        transaction.commit().await?;
         tracing::info!(
             tenant_id = %tenant_id,
             conversations = report.conversations,
@@ -179,4 +179,12 @@ async fn sweep_tenant(runtime: &Runtime, tenant_id: Uuid, now: i64) -> Result<Sw
         );
     }
     Ok(report)
+}
+
+/// Records one batch's deletions (counts, never content) in the tenant's audit log, in the
+/// batch's own transaction: a sweep killed at any point has recorded exactly what it deleted.
+async fn record_sweep(connection: &mut sqlx::AnyConnection, tenant_id: Uuid, details: serde_json::Value) -> Result<()> {
+    let record =
+        AuditRecord::by_system(tenant_id, "retention.sweep", "tenant", tenant_id.to_string()).with_details(details);
+    audit::record(connection, record).await
 }

@@ -7,7 +7,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::both_backends;
 use crate::chat::ChatClient;
-use crate::common::{Backend, TestServer};
+use crate::common::{clean_command, Backend, TestServer};
 
 both_backends!(
     expired_transcripts_and_audit_entries_are_deleted,
@@ -66,7 +66,7 @@ async fn expired_transcripts_and_audit_entries_are_deleted(backend: Backend) {
     let (_, audit) = server.get("/admin/v1/audit-log?limit=200", &token).await;
     let sweep = audit["items"].as_array().unwrap().iter().find(|entry| entry["action"] == "retention.sweep").unwrap();
     assert_eq!(sweep["actor_role"], "system");
-    assert_eq!(sweep["details"], json!({ "conversations": 1, "messages": 2, "audit_entries": 0 }));
+    assert_eq!(sweep["details"], json!({ "agent_id": short["id"], "conversations": 1, "messages": 2 }));
     assert!(!audit.to_string().contains(canary));
 
     // Running again deletes nothing and records nothing.
@@ -151,5 +151,118 @@ async fn redacted_tier_stores_no_personal_data(backend: Backend) {
             }
         }
     }
+    server.stop().await;
+}
+
+both_backends!(a_sweep_killed_at_any_point_leaves_nothing_half_deleted);
+
+/// Expired conversations, made directly in the database (many, so a sweep takes many batches).
+const EXPIRED: usize = 3000;
+
+async fn count(server: &TestServer, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(server.runtime.database().pool()).await.unwrap()
+}
+
+/// `parley retention run` is killed with SIGKILL just after it starts deleting, again and again:
+/// every batch is whole (no conversation without its messages, no message without its
+/// conversation), and the audit log counts exactly what is gone.
+async fn a_sweep_killed_at_any_point_leaves_nothing_half_deleted(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let (tenant_id, token) = server.tenant("Forgetful").await;
+    let agent = server.agent(&token, "Old conversations").await;
+    let agent_id = agent["id"].as_str().unwrap();
+    let long_ago = (OffsetDateTime::now_utc() - Duration::days(400)).unix_timestamp() * 1000;
+    let pool = server.runtime.database().pool();
+    let mut transaction = pool.begin().await.unwrap();
+    for index in 0..EXPIRED {
+        let conversation_id = uuid::Uuid::new_v4().to_string();
+        sqlx::query(
+            "INSERT INTO conversations (id, tenant_id, agent_id, channel, visitor_id, identity, stores_text, \
+             started_at, last_activity_at) VALUES ($1, $2, $3, 'web', $4, NULL, 1, $5, $5)",
+        )
+        .bind(&conversation_id)
+        .bind(&tenant_id)
+        .bind(agent_id)
+        .bind(format!("v_old{index}"))
+        .bind(long_ago)
+        .execute(&mut *transaction)
+        .await
+        .unwrap();
+        for role in ["user", "assistant"] {
+            sqlx::query(
+                "INSERT INTO messages (id, tenant_id, conversation_id, role, text, client_message_id, reply_to, \
+                 finish_reason, citations_json, model, timings_json, prompt_tokens, completion_tokens, created_at) \
+                 VALUES ($1, $2, $3, $4, 'old words', NULL, NULL, NULL, '[]', NULL, '{}', 0, 0, $5)",
+            )
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(&tenant_id)
+            .bind(&conversation_id)
+            .bind(role)
+            .bind(long_ago)
+            .execute(&mut *transaction)
+            .await
+            .unwrap();
+        }
+    }
+    transaction.commit().await.unwrap();
+
+    let database_url = server.runtime.settings().database_url();
+    let mut kills = 0;
+    loop {
+        let before = count(&server, "SELECT COUNT(*) FROM conversations").await;
+        let mut child = clean_command()
+            .arg("--data-dir")
+            .arg(server.data_dir.path())
+            .args(["retention", "run"])
+            .env("PARLEY_DATABASE__URL", &database_url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let finished = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "parley retention run failed: {status}");
+                break true;
+            }
+            if count(&server, "SELECT COUNT(*) FROM conversations").await < before {
+                // Deleting has begun: let it go on a little, differently each round, then kill it.
+                tokio::time::sleep(std::time::Duration::from_millis(7 * kills)).await;
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+                break false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        };
+
+        let orphans =
+            count(&server, "SELECT COUNT(*) FROM messages WHERE conversation_id NOT IN (SELECT id FROM conversations)")
+                .await;
+        assert_eq!(orphans, 0, "a message outlived its conversation");
+        let partial = count(
+            &server,
+            "SELECT COUNT(*) FROM conversations c WHERE (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id) <> 2",
+        )
+        .await;
+        assert_eq!(partial, 0, "a conversation lost some of its messages");
+        let remaining = count(&server, "SELECT COUNT(*) FROM conversations").await;
+        let recorded: Vec<String> =
+            sqlx::query_scalar("SELECT details_json FROM audit_log WHERE action = 'retention.sweep'")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        let recorded: i64 = recorded
+            .iter()
+            .map(|details| serde_json::from_str::<Value>(details).unwrap()["conversations"].as_i64().unwrap_or(0))
+            .sum();
+        assert_eq!(recorded, EXPIRED as i64 - remaining, "the audit log counts exactly what was deleted");
+        if finished {
+            assert_eq!(remaining, 0);
+            break;
+        }
+        assert!(kills < 100, "the sweep never finished");
+    }
+    eprintln!("retention sweep killed {kills} times before it finished");
+    assert!(kills >= 2, "the sweep was killed mid-way at least twice ({kills})");
     server.stop().await;
 }
