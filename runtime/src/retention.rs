@@ -3,7 +3,8 @@
 //!
 //! Windows are per tenant (`/admin/v1/retention`); an agent may override the transcript window
 //! (`retention.transcript_days`). The sweeper walks every tenant in pages, deletes expired
-//! conversations (with their messages) and audit entries in small batches, each batch in its
+//! conversations (with their messages), audit entries and per-conversation analytics rows
+//! (`analytics::sweep_analytics`; daily aggregates are kept) in small batches, each batch in its
 //! own transaction — so it can be stopped at any point and simply run again — and records what
 //! it deleted (counts, never content) in the tenant's audit log.
 //!
@@ -98,6 +99,8 @@ pub struct SweepReport {
     pub conversations: u64,
     pub messages: u64,
     pub audit_entries: u64,
+    /// Per-conversation analytics rows (daily aggregates are kept).
+    pub analytics_conversations: u64,
 }
 
 /// Deletes everything whose retention window has passed at `now`, for every tenant.
@@ -117,10 +120,11 @@ pub async fn sweep(runtime: &Runtime, now: OffsetDateTime) -> Result<SweepReport
             report.conversations += tenant.conversations;
             report.messages += tenant.messages;
             report.audit_entries += tenant.audit_entries;
+            report.analytics_conversations += tenant.analytics_conversations;
         }
         after = Some(last);
     }
-    if report.conversations + report.messages + report.audit_entries > 0 {
+    if report.conversations + report.messages + report.audit_entries + report.analytics_conversations > 0 {
         runtime.database().checkpoint().await?;
     }
     Ok(report)
@@ -160,13 +164,16 @@ async fn sweep_tenant(runtime: &Runtime, tenant_id: Uuid, now: i64) -> Result<Sw
             break;
         }
     }
-    if report.conversations + report.messages + report.audit_entries > 0 {
+    report.analytics_conversations =
+        crate::analytics::sweep_analytics(runtime, tenant_id, retention.analytics_days, now).await?;
+    if report.conversations + report.messages + report.audit_entries + report.analytics_conversations > 0 {
         let mut transaction = runtime.database().begin().await?;
         let record = AuditRecord::by_system(tenant_id, "retention.sweep", "tenant", tenant_id.to_string())
             .with_details(serde_json::json!({
                 "conversations": report.conversations,
                 "messages": report.messages,
                 "audit_entries": report.audit_entries,
+                "analytics_conversations": report.analytics_conversations,
             }));
         audit::record(&mut transaction, record).await?;
         transaction.commit().await?;
@@ -175,6 +182,7 @@ async fn sweep_tenant(runtime: &Runtime, tenant_id: Uuid, now: i64) -> Result<Sw
             conversations = report.conversations,
             messages = report.messages,
             audit_entries = report.audit_entries,
+            analytics_conversations = report.analytics_conversations,
             "retention sweep deleted expired data"
         );
     }

@@ -66,7 +66,10 @@ async fn expired_transcripts_and_audit_entries_are_deleted(backend: Backend) {
     let (_, audit) = server.get("/admin/v1/audit-log?limit=200", &token).await;
     let sweep = audit["items"].as_array().unwrap().iter().find(|entry| entry["action"] == "retention.sweep").unwrap();
     assert_eq!(sweep["actor_role"], "system");
-    assert_eq!(sweep["details"], json!({ "conversations": 1, "messages": 2, "audit_entries": 0 }));
+    assert_eq!(
+        sweep["details"],
+        json!({ "conversations": 1, "messages": 2, "audit_entries": 0, "analytics_conversations": 0 })
+    );
     assert!(!audit.to_string().contains(canary));
 
     // Running again deletes nothing and records nothing.
