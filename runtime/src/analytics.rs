@@ -162,7 +162,9 @@ impl DayRange {
         };
         let from = match from {
             Some(text) => parse_day("from", text)?,
-            None => to - Duration::days(DEFAULT_RANGE_DAYS - 1),
+            None => to
+                .checked_sub(Duration::days(DEFAULT_RANGE_DAYS - 1))
+                .ok_or_else(|| Error::invalid("to", "is too early"))?,
         };
         if to < from {
             return Err(Error::invalid("to", "must not be before from"));
@@ -440,6 +442,9 @@ mod tests {
         assert_eq!(field(DayRange::parse(Some("2026-02-30"), None, today)), "from");
         assert_eq!(field(DayRange::parse(None, Some("yesterday"), today)), "to");
         assert_eq!(field(DayRange::parse(None, Some("2026-01-01T00:00:00Z"), today)), "to");
+        // The earliest dates do not overflow.
+        assert_eq!(DayRange::parse(None, Some("0000-01-01"), today).unwrap().to, date!(0000 - 01 - 01));
+        assert_eq!(field(DayRange::parse(None, Some("-9999-01-01"), today)), "to");
     }
 
     #[test]

@@ -113,7 +113,8 @@ async fn turns_feed_analytics_usage_and_retention(backend: Backend) {
     let tokens_of = |transcript: &Value, field: &str| -> i64 {
         transcript["messages"].as_array().unwrap().iter().map(|message| message[field].as_i64().unwrap()).sum()
     };
-    let (cafe_prompt, cafe_completion) = (tokens_of(&transcript, "prompt_tokens"), tokens_of(&transcript, "completion_tokens"));
+    let (cafe_prompt, cafe_completion) =
+        (tokens_of(&transcript, "prompt_tokens"), tokens_of(&transcript, "completion_tokens"));
     assert!(cafe_prompt > 0 && cafe_completion > 0, "{transcript}");
     let answered_turns = cafe_answers
         .iter()
@@ -136,16 +137,30 @@ async fn turns_feed_analytics_usage_and_retention(backend: Backend) {
     close(&row_of_cafe["last_sentiment"], negative);
     assert_eq!(row_of_cafe["prompt_tokens"], cafe_prompt);
     assert_eq!(row_of_cafe["completion_tokens"], cafe_completion);
-    let started = OffsetDateTime::parse(row_of_cafe["started_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
-    let ended = OffsetDateTime::parse(row_of_cafe["ended_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
+    let started = OffsetDateTime::parse(
+        row_of_cafe["started_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let ended = OffsetDateTime::parse(
+        row_of_cafe["ended_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
     assert!(ended > started, "{row_of_cafe}");
     assert_eq!(row_of_cafe["duration_ms"].as_i64().unwrap(), (ended - started).whole_milliseconds() as i64);
 
     let row_of_empty = row(&list, &empty_conversation);
     assert_eq!(row_of_empty["language"], "de");
     assert_eq!(row_of_empty["answered"], false, "the unanswerable question: {row_of_empty}");
-    assert_eq!((row_of_empty["answered_turns"].as_i64(), row_of_empty["unanswered_turns"].as_i64()), (Some(0), Some(1)));
-    assert_eq!((row_of_empty["prompt_tokens"].as_i64(), row_of_empty["completion_tokens"].as_i64()), (Some(0), Some(0)));
+    assert_eq!(
+        (row_of_empty["answered_turns"].as_i64(), row_of_empty["unanswered_turns"].as_i64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(
+        (row_of_empty["prompt_tokens"].as_i64(), row_of_empty["completion_tokens"].as_i64()),
+        (Some(0), Some(0))
+    );
 
     // The metadata-only agent keeps no text, but its analytics (sentiment included) are there.
     let row_of_quiet = row(&list, &quiet_conversation);
@@ -184,7 +199,10 @@ async fn turns_feed_analytics_usage_and_retention(backend: Backend) {
     close(&day["answered_rate"], answered_turns as f64 / 2.0);
     close(&day["mean_sentiment"], (positive + negative) / 2.0);
     assert_eq!(day["scored_messages"], 2);
-    assert_eq!((day["prompt_tokens"].as_i64(), day["completion_tokens"].as_i64()), (Some(cafe_prompt), Some(cafe_completion)));
+    assert_eq!(
+        (day["prompt_tokens"].as_i64(), day["completion_tokens"].as_i64()),
+        (Some(cafe_prompt), Some(cafe_completion))
+    );
     assert_eq!(day["total_duration_ms"], row_of_cafe["duration_ms"]);
 
     // Usage for billing: owners and admins only; tokens are the transcripts'.
@@ -264,7 +282,10 @@ async fn bad_queries_get_precise_problems(backend: Backend) {
     assert_eq!(body["days"], json!([]));
     let (status, usage) = server.get("/admin/v1/usage?from=2024-01-01&to=2024-01-31", &token).await;
     assert_eq!(status, 200);
-    assert_eq!(usage, json!({ "from": "2024-01-01", "to": "2024-01-31", "conversations": 0, "messages": 0, "audio_minutes": 0.0, "tokens": 0, "days": [] }));
+    assert_eq!(
+        usage,
+        json!({ "from": "2024-01-01", "to": "2024-01-31", "conversations": 0, "messages": 0, "audio_minutes": 0.0, "tokens": 0, "days": [] })
+    );
     server.stop().await;
 }
 
@@ -322,7 +343,9 @@ const SENTENCES: &[&str] = &[
 #[tokio::test]
 async fn vader_matches_the_reference_package() {
     let Some(python) = std::env::var_os("PARLEY_PYTHON") else {
-        eprintln!("*** SKIPPED: PARLEY_PYTHON not set (make test sets it to a venv with the vaderSentiment package) ***");
+        eprintln!(
+            "*** SKIPPED: PARLEY_PYTHON not set (make test sets it to a venv with the vaderSentiment package) ***"
+        );
         return;
     };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/python/vader_scores.py");
@@ -352,7 +375,8 @@ async fn vader_matches_the_reference_package() {
     let mut mismatches = Vec::new();
     for (sentence, expected) in SENTENCES.iter().zip(&expected) {
         let scores = vader.polarity(sentence);
-        for (name, actual) in [("neg", scores.neg), ("neu", scores.neu), ("pos", scores.pos), ("compound", scores.compound)]
+        for (name, actual) in
+            [("neg", scores.neg), ("neu", scores.neu), ("pos", scores.pos), ("compound", scores.compound)]
         {
             let reference = expected[name].as_f64().unwrap();
             if (actual - reference).abs() > 0.001 {
