@@ -16,7 +16,11 @@ use crate::both_backends;
 use crate::chat::ChatClient;
 use crate::common::{Backend, TestServer};
 
-both_backends!(turns_feed_analytics_usage_and_retention, bad_queries_get_precise_problems);
+both_backends!(
+    turns_feed_analytics_usage_and_retention,
+    turns_on_other_days_count_where_they_belong,
+    bad_queries_get_precise_problems
+);
 
 /// The VADER lexicon from the model cache (`make models`), loaded once.
 fn vader() -> Arc<Vader> {
@@ -248,6 +252,76 @@ async fn turns_feed_analytics_usage_and_retention(backend: Backend) {
     // Running again deletes nothing.
     let report = parley_runtime::retention::sweep(&server.runtime, later).await.unwrap();
     assert_eq!(report.analytics_conversations, 0);
+    server.stop().await;
+}
+
+/// A conversation that started two days ago: its own figures (count, answered, duration) stay
+/// on its start day, each turn's figures go to the turn's day.
+async fn turns_on_other_days_count_where_they_belong(backend: Backend) {
+    use parley_runtime::analytics::{record_turn, TurnRecord, TurnResult};
+    use parley_runtime::auth::{Principal, Role};
+
+    let Some(server) = TestServer::start(backend).await else { return };
+    let (tenant_id, token) = server.tenant("Night shift").await;
+    let agent = server.agent(&token, "Night owl").await;
+    let mut client = ChatClient::connect(&server.base, agent["public_id"].as_str().unwrap(), None).await.unwrap();
+    let conversation_id = client.hello(json!({})).await["conversation_id"].as_str().unwrap().parse().unwrap();
+    let principal = Principal { tenant_id: tenant_id.parse().unwrap(), key_id: uuid::Uuid::nil(), role: Role::Owner };
+    let runtime = &server.runtime;
+    let agent =
+        parley_runtime::agents::get(runtime, &principal, agent["id"].as_str().unwrap().parse().unwrap()).await.unwrap();
+    let (mut conversation, _) =
+        parley_runtime::chat::conversations::get(runtime, &principal, conversation_id).await.unwrap();
+    let now = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp()).unwrap();
+    conversation.started_at = now - Duration::days(2);
+    let turns = [
+        (conversation.started_at + Duration::minutes(1), TurnResult::Answered, 0.5, 10, 5),
+        (now, TurnResult::Unanswered, -0.25, 0, 0),
+    ];
+    for (at, result, sentiment, prompt_tokens, completion_tokens) in turns {
+        let turn = TurnRecord {
+            agent: &agent,
+            conversation: &conversation,
+            sentiment: Some(sentiment),
+            result,
+            prompt_tokens,
+            completion_tokens,
+            at,
+        };
+        let mut transaction = runtime.database().begin().await.unwrap();
+        record_turn(&mut transaction, &turn).await.unwrap();
+        transaction.commit().await.unwrap();
+    }
+
+    let day = |at: OffsetDateTime| parley_runtime::analytics::day_string(at.date());
+    let (start_day, today) = (day(conversation.started_at), day(now));
+    let (status, daily) = server.get(&format!("/admin/v1/analytics?from={start_day}&to={today}"), &token).await;
+    assert_eq!(status, 200, "{daily}");
+    let days = daily["days"].as_array().unwrap();
+    assert_eq!(days.len(), 2, "{daily}");
+    let (first, last) = (&days[0], &days[1]);
+    assert_eq!(first["day"], start_day.as_str());
+    assert_eq!(first["conversations"], 1);
+    assert_eq!(first["answered_conversations"], 0, "the later unanswered turn made it unanswered");
+    assert_eq!(first["total_duration_ms"], 2 * 86_400_000_i64);
+    assert_eq!((first["visitor_messages"].as_i64(), first["answered_turns"].as_i64()), (Some(1), Some(1)));
+    assert_eq!((first["prompt_tokens"].as_i64(), first["completion_tokens"].as_i64()), (Some(10), Some(5)));
+    close(&first["mean_sentiment"], 0.5);
+    assert_eq!(last["day"], today.as_str());
+    assert_eq!(last["conversations"], 0);
+    assert_eq!((last["visitor_messages"].as_i64(), last["unanswered_turns"].as_i64()), (Some(1), Some(1)));
+    close(&last["answered_rate"], 0.0);
+    close(&last["mean_sentiment"], -0.25);
+
+    let (_, list) = server.get(&format!("/admin/v1/analytics/conversations?from={start_day}"), &token).await;
+    let row = row(&list, &conversation_id.to_string());
+    assert_eq!(row["duration_ms"], 2 * 86_400_000_i64);
+    assert_eq!(row["answered"], false);
+    close(&row["mean_sentiment"], 0.125);
+    close(&row["last_sentiment"], -0.25);
+    // Listed by start day: not in a range that begins after it.
+    let (_, list) = server.get(&format!("/admin/v1/analytics/conversations?from={today}"), &token).await;
+    assert!(list["items"].as_array().unwrap().is_empty(), "{list}");
     server.stop().await;
 }
 
