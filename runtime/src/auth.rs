@@ -81,6 +81,8 @@ pub enum Permission {
     ManageOwnerKeys,
     ReadConversations,
     ReadAnalytics,
+    /// The tenant's usage for billing (owner and admin).
+    ReadUsage,
     ReadAudit,
     Chat,
 }
@@ -100,6 +102,7 @@ impl Permission {
             Permission::ManageOwnerKeys => "create or revoke owner keys",
             Permission::ReadConversations => "read conversations",
             Permission::ReadAnalytics => "read analytics",
+            Permission::ReadUsage => "read usage",
             Permission::ReadAudit => "read the audit log",
             Permission::Chat => "talk to agents",
         }

@@ -11,6 +11,7 @@
 //! types here are not `Serialize` for the wire; stored JSON columns are private formats).
 
 pub mod agents;
+pub mod analytics;
 pub mod audit;
 pub mod auth;
 pub mod backup;
@@ -54,6 +55,8 @@ pub struct Runtime {
     rotation: Arc<tokio::sync::Mutex<()>>,
     models: Arc<ModelRegistry>,
     chat: Arc<ChatEngine>,
+    /// VADER for visitor messages' sentiment, once loaded (analytics go without it otherwise).
+    sentiment: Arc<std::sync::RwLock<Option<Arc<parley_models::Vader>>>>,
 }
 
 /// A sealed known value in `node_meta`: start-up opens it to refuse a secrets key other than
@@ -90,6 +93,7 @@ impl Runtime {
             rotation: Arc::new(tokio::sync::Mutex::new(())),
             models,
             chat,
+            sentiment: Arc::default(),
         })
     }
 
@@ -116,6 +120,17 @@ impl Runtime {
     /// Registers who is told about finished chat turns (the node's metrics).
     pub fn chat_observer(&self, observer: Arc<dyn chat::engine::TurnObserver>) {
         self.chat.set_observer(observer);
+    }
+
+    /// Sets the VADER lexicon visitor messages are scored with (shared by every clone of this
+    /// runtime).
+    pub fn set_sentiment(&self, vader: Arc<parley_models::Vader>) {
+        *self.sentiment.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(vader);
+    }
+
+    /// The VADER lexicon, when loaded.
+    pub fn sentiment(&self) -> Option<Arc<parley_models::Vader>> {
+        self.sentiment.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     /// Chat turns in progress on this node.

@@ -3,10 +3,11 @@
 //!
 //! Windows are per tenant (`/admin/v1/retention`); an agent may override the transcript window
 //! (`retention.transcript_days`). The sweeper walks every tenant in pages, deletes expired
-//! conversations (with their messages) and audit entries in small batches, each batch in its
-//! own transaction together with the audit entry recording what it deleted (counts, never
-//! content) — so it can be stopped at any point, and simply run again, with the audit log
-//! telling exactly what was deleted.
+//! conversations (with their messages), audit entries and per-conversation analytics rows
+//! (daily aggregates are kept) in small batches, each batch in its own transaction together
+//! with the audit entry recording what it deleted (counts, never content) — so it can be
+//! stopped at any point, and simply run again, with the audit log telling exactly what was
+//! deleted.
 //!
 //! A transcript window of 0 days means no message text is stored at all (see
 //! `chat::session::stores_text`); the conversations' metadata is then kept for one day, so a
@@ -99,6 +100,8 @@ pub struct SweepReport {
     pub conversations: u64,
     pub messages: u64,
     pub audit_entries: u64,
+    /// Per-conversation analytics rows (daily aggregates are kept).
+    pub analytics_conversations: u64,
 }
 
 /// Deletes everything whose retention window has passed at `now`, for every tenant.
@@ -118,10 +121,11 @@ pub async fn sweep(runtime: &Runtime, now: OffsetDateTime) -> Result<SweepReport
             report.conversations += tenant.conversations;
             report.messages += tenant.messages;
             report.audit_entries += tenant.audit_entries;
+            report.analytics_conversations += tenant.analytics_conversations;
         }
         after = Some(last);
     }
-    if report.conversations + report.messages + report.audit_entries > 0 {
+    if report.conversations + report.messages + report.audit_entries + report.analytics_conversations > 0 {
         runtime.database().checkpoint().await?;
     }
     Ok(report)
@@ -169,12 +173,29 @@ async fn sweep_tenant(runtime: &Runtime, tenant_id: Uuid, now: i64) -> Result<Sw
             break;
         }
     }
-    if report.conversations + report.messages + report.audit_entries > 0 {
+    let analytics_cutoff = now - i64::from(retention.analytics_days) * DAY_MILLIS;
+    loop {
+        let mut transaction = runtime.database().begin().await?;
+        let deleted =
+            storage::analytics::delete_conversations_before(&mut transaction, tenant_id, analytics_cutoff, BATCH)
+                .await?;
+        if deleted > 0 {
+            record_sweep(&mut transaction, tenant_id, serde_json::json!({ "analytics_conversations": deleted }))
+                .await?;
+        }
+        transaction.commit().await?;
+        report.analytics_conversations += deleted;
+        if deleted < BATCH as u64 {
+            break;
+        }
+    }
+    if report.conversations + report.messages + report.audit_entries + report.analytics_conversations > 0 {
         tracing::info!(
             tenant_id = %tenant_id,
             conversations = report.conversations,
             messages = report.messages,
             audit_entries = report.audit_entries,
+            analytics_conversations = report.analytics_conversations,
             "retention sweep deleted expired data"
         );
     }

@@ -86,8 +86,23 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
     assert_eq!(status, 200);
     assert!(!found.to_string().contains("zebracanary"), "{found}");
 
+    // Analytics take an agent id as a query parameter: B's agent is not found for A either.
+    for route in ["/admin/v1/analytics", "/admin/v1/analytics/conversations"] {
+        let path = format!("{route}?agent_id={}", agent_b["id"].as_str().unwrap());
+        let (status, problem) = server.get(&path, &owner_a).await;
+        assert_eq!((status, problem["code"].as_str()), (404, Some("not_found")), "{path}: {problem}");
+    }
+
     // Routes without ids act on A's own tenant and never show B's data.
-    for path in ["/admin/v1/agents", "/admin/v1/api-keys", "/admin/v1/audit-log", "/admin/v1/tenant"] {
+    for path in [
+        "/admin/v1/agents",
+        "/admin/v1/api-keys",
+        "/admin/v1/audit-log",
+        "/admin/v1/tenant",
+        "/admin/v1/analytics",
+        "/admin/v1/analytics/conversations",
+        "/admin/v1/usage",
+    ] {
         let (status, response) = server.get(path, &owner_a).await;
         assert_eq!(status, 200);
         let text = response.to_string();

@@ -4,6 +4,7 @@
 mod common;
 
 mod admin_api;
+mod analytics;
 mod backup;
 mod bad_input;
 mod binary;

@@ -81,6 +81,9 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/admin/v1/tenant/token-budget", Plain, READERS),
         route(Method::GET, "/admin/v1/retention", Plain, READERS),
         route(Method::PUT, "/admin/v1/retention", SetRetention, KEY_MANAGERS),
+        route(Method::GET, "/admin/v1/analytics", Plain, &["owner", "admin", "viewer"]),
+        route(Method::GET, "/admin/v1/analytics/conversations", Plain, &["owner", "admin", "viewer"]),
+        route(Method::GET, "/admin/v1/usage", Plain, KEY_MANAGERS),
         // Operator only: no tenant key of any role.
         route(Method::GET, "/admin/v1/tenants", Plain, &[]),
         route(Method::POST, "/admin/v1/tenants", NewTenant, &[]),

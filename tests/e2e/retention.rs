@@ -92,7 +92,7 @@ async fn expired_transcripts_and_audit_entries_are_deleted(backend: Backend) {
     assert_eq!(report.conversations, 1, "the 30-day conversation expired too");
     let (_, audit) = server.get("/admin/v1/audit-log?limit=200", &token).await;
     let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
-    assert_eq!(actions, ["retention.sweep"], "{audit}");
+    assert!(!actions.is_empty() && actions.iter().all(|action| *action == "retention.sweep"), "{audit}");
     server.stop().await;
 }
 

@@ -2,6 +2,7 @@
 //! runtime operation and translate its result. No business rule lives here.
 
 pub mod agents;
+pub mod analytics;
 pub mod audit;
 pub mod conversations;
 pub mod documents;

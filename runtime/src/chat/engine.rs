@@ -9,7 +9,8 @@
 //! store the visitor's message → retrieve from the agent's knowledge base (nothing relevant:
 //! the agent's "don't know" message, no model call) → prompt (`prompt::build`) → generate,
 //! streaming deltas → cite (`citations::cite`) → store the answer with its citations, timings
-//! and token counts → count the tokens against the budget.
+//! and token counts → count the tokens against the budget and add the turn to analytics
+//! (`analytics::record_turn`, with the visitor message's sentiment scored in memory).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -670,7 +671,9 @@ async fn finish_turn(
     };
     let stored =
         StoredMessage { text: session::text_to_store(&session.agent, conversation, &outcome.text), ..reply.clone() };
-    if let Err(error) = store_reply(runtime, &stored).await {
+    // Scored from the visitor's text in memory, whatever the storage tier keeps of it.
+    let sentiment = crate::analytics::sentiment_of(runtime.sentiment().as_deref(), question);
+    if let Err(error) = store_reply(runtime, session, &stored, sentiment).await {
         tracing::error!(error = %error, conversation_id = %conversation.id, "cannot store an answer");
     }
     if !conversation.stores_text && matches!(outcome.finish_reason, "stop" | "length" | "no_answer") {
@@ -698,7 +701,14 @@ async fn finish_turn(
     let _ = turn.events.send(TurnEvent::Complete(Arc::new(reply)));
 }
 
-async fn store_reply(runtime: &Runtime, reply: &StoredMessage) -> Result<()> {
+/// Stores the answer, counts its tokens for the day and adds the turn to analytics, in one
+/// transaction.
+async fn store_reply(
+    runtime: &Runtime,
+    session: &Session,
+    reply: &StoredMessage,
+    sentiment: Option<f64>,
+) -> Result<()> {
     let mut transaction = runtime.database().begin().await?;
     storage::conversations::insert_message(&mut transaction, reply).await?;
     storage::conversations::touch(&mut transaction, reply.tenant_id, reply.conversation_id, storage::now_millis())
@@ -707,6 +717,16 @@ async fn store_reply(runtime: &Runtime, reply: &StoredMessage) -> Result<()> {
     if tokens > 0 {
         storage::usage::add(&mut transaction, reply.tenant_id, &today(), tokens).await?;
     }
+    let turn = crate::analytics::TurnRecord {
+        agent: &session.agent,
+        conversation: &session.conversation,
+        sentiment,
+        result: crate::analytics::TurnResult::of_finish_reason(reply.finish_reason.as_deref().unwrap_or("error")),
+        prompt_tokens: i64::from(reply.prompt_tokens),
+        completion_tokens: i64::from(reply.completion_tokens),
+        at: reply.created_at,
+    };
+    crate::analytics::record_turn(&mut transaction, &turn).await?;
     transaction.commit().await?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! (SQLite accepts them too), ids and JSON as text, timestamps as `BIGINT` Unix milliseconds.
 
 pub mod agents;
+pub mod analytics;
 pub mod audit;
 pub mod backup;
 pub mod conversations;

@@ -53,3 +53,22 @@ pub async fn set_budget(connection: &mut AnyConnection, tenant_id: Uuid, budget:
         .await?;
     Ok(result.rows_affected() == 1)
 }
+
+/// Tokens the tenant used per day from `from` to `to` (inclusive, `YYYY-MM-DD`), in day order;
+/// days without usage are absent.
+pub async fn between(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    from: &str,
+    to: &str,
+) -> Result<Vec<(String, i64)>> {
+    let rows = sqlx::query(
+        "SELECT day, tokens FROM token_usage WHERE tenant_id = $1 AND day >= $2 AND day <= $3 ORDER BY day",
+    )
+    .bind(tenant_id.to_string())
+    .bind(from)
+    .bind(to)
+    .fetch_all(connection)
+    .await?;
+    rows.iter().map(|row| Ok((row.try_get("day")?, row.try_get("tokens")?))).collect()
+}
