@@ -87,7 +87,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/tenants/{tenant_id}/token-budget", axum::routing::put(admin::tenants::set_token_budget))
         .route("/tenant/token-budget", get(admin::tenants::own_token_budget))
-        .route("/retention", get(admin::retention::get).put(admin::retention::set));
+        .route("/retention", get(admin::retention::get).put(admin::retention::set))
+        .route("/webhooks", get(admin::webhooks::list).post(admin::webhooks::create))
+        .route(
+            "/webhooks/{webhook_id}",
+            get(admin::webhooks::get).patch(admin::webhooks::update).delete(admin::webhooks::delete),
+        )
+        .route("/webhooks/{webhook_id}/rotate-secret", axum::routing::post(admin::webhooks::rotate_secret))
+        .route("/webhooks/{webhook_id}/deliveries", get(admin::webhooks::deliveries));
 
     Router::new()
         .route("/healthz", get(ops::healthz))

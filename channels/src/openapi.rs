@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::admin::{agents, audit, conversations, documents, keys, provider_keys, retention, tenants};
+use crate::admin::{agents, audit, conversations, documents, keys, provider_keys, retention, tenants, webhooks};
 use crate::chat;
 use crate::ops;
 
@@ -22,6 +22,8 @@ use crate::ops;
         provider_keys::list, provider_keys::set, provider_keys::delete,
         tenants::set_token_budget, tenants::own_token_budget,
         retention::get, retention::set,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
+        webhooks::rotate_secret, webhooks::deliveries,
         chat::widget_appearance, chat::openai::completions, chat::openai::models,
     ),
     components(schemas(crate::problem::Problem)),
@@ -35,6 +37,7 @@ use crate::ops;
         (name = "operations", description = "Health, readiness and metrics"),
         (name = "conversations", description = "Transcripts of conversations with agents"),
         (name = "retention", description = "How long the tenant keeps each category of data"),
+        (name = "webhooks", description = "Signed event notifications to the tenant's endpoints, with their delivery logs (docs/webhooks.md)"),
         (name = "provider keys", description = "Tenants' API keys for remote model providers (never returned)"),
         (name = "chat", description = "Visitor-facing chat: the widget's appearance and the OpenAI-compatible endpoint (WebSocket chat: docs/chat-protocol.md)"),
     )

@@ -82,6 +82,8 @@ pub enum Permission {
     ReadConversations,
     ReadAnalytics,
     ReadAudit,
+    ReadWebhooks,
+    ManageWebhooks,
     Chat,
 }
 
@@ -101,6 +103,8 @@ impl Permission {
             Permission::ReadConversations => "read conversations",
             Permission::ReadAnalytics => "read analytics",
             Permission::ReadAudit => "read the audit log",
+            Permission::ReadWebhooks => "read webhooks and their delivery logs",
+            Permission::ManageWebhooks => "create, change or delete webhooks",
             Permission::Chat => "talk to agents",
         }
     }

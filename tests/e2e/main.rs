@@ -17,3 +17,4 @@ mod retention;
 mod samples;
 mod storage;
 mod tidy;
+mod webhooks;

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod provider_keys;
 pub mod retention;
 pub mod tenants;
+pub mod webhooks;
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;

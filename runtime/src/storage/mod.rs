@@ -13,6 +13,7 @@ pub mod provider_keys;
 pub mod retention;
 pub mod tenants;
 pub mod usage;
+pub mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;
