@@ -39,8 +39,8 @@ LLAMA_BENCH := $(LLAMA_CPP_DIR)/build/bin/llama-bench
 # The PostgreSQL test suite uses TEST_POSTGRES_URL, or the local server when one answers.
 LOCAL_POSTGRES_URL := postgres://postgres@127.0.0.1:5432/postgres
 
-# Python clients the test suite drives Parley with (the official `openai` package), in a
-# virtual environment in the cache.
+# Python clients the test suite drives Parley with (the official `openai` package) and the
+# webhook receiver's verifier (`standardwebhooks`), in a virtual environment in the cache.
 VENV := $(CACHE_DIR)/venv
 PYTHON_TEST_PACKAGES := openai==3.54.0 standardwebhooks==1.1.0
 

@@ -533,7 +533,9 @@ impl Settings {
                 "retry_initial_delay_ms must be at least 1 and retry_max_delay_ms at least retry_initial_delay_ms",
             ));
         }
-        if webhooks.retry_window_seconds == 0 || webhooks.poll_interval_ms == 0 || webhooks.max_concurrent_deliveries == 0
+        if webhooks.retry_window_seconds == 0
+            || webhooks.poll_interval_ms == 0
+            || webhooks.max_concurrent_deliveries == 0
         {
             return Err(invalid(
                 "webhooks.retry_window_seconds",

@@ -245,12 +245,8 @@ pub fn forbidden_address(ip: IpAddr) -> Option<&'static str> {
                 return Some("a documentation address");
             }
             // NAT64 (64:ff9b::/96) and the deprecated IPv4-compatible form embed an IPv4 address.
-            let embedded = Ipv4Addr::new(
-                (segments[6] >> 8) as u8,
-                segments[6] as u8,
-                (segments[7] >> 8) as u8,
-                segments[7] as u8,
-            );
+            let embedded =
+                Ipv4Addr::new((segments[6] >> 8) as u8, segments[6] as u8, (segments[7] >> 8) as u8, segments[7] as u8);
             let nat64 = segments[0] == 0x64 && segments[1] == 0xff9b && segments[2..6].iter().all(|s| *s == 0);
             let compatible = segments[..6].iter().all(|s| *s == 0);
             if nat64 || compatible {
@@ -279,12 +275,9 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("the broadcast address")
     } else if ip.is_multicast() {
         Some("a multicast address")
-    } else if a >= 240 {
+    } else if a >= 240 || (a == 192 && b == 0 && c == 0) || (a == 198 && (b & 0xfe) == 18) {
         Some("a reserved address")
-    } else if (a == 192 && b == 0 && c == 0) || (a == 198 && (b & 0xfe) == 18) {
-        Some("a reserved address")
-    } else if (a == 192 && b == 0 && c == 2) || (a == 198 && b == 51 && c == 100) || (a == 203 && b == 0 && c == 113)
-    {
+    } else if (a == 192 && b == 0 && c == 2) || (a == 198 && b == 51 && c == 100) || (a == 203 && b == 0 && c == 113) {
         Some("a documentation address")
     } else {
         None
@@ -398,7 +391,8 @@ pub async fn create(runtime: &Runtime, principal: &Principal, new: NewEndpoint) 
         updated_at: now,
     };
     let secret = new_secret();
-    let sealed = runtime.secrets().seal(SECRET_PURPOSE, &secret_context(endpoint.tenant_id, endpoint.id), secret.as_bytes());
+    let sealed =
+        runtime.secrets().seal(SECRET_PURPOSE, &secret_context(endpoint.tenant_id, endpoint.id), secret.as_bytes());
     let mut transaction = runtime.database().begin().await?;
     if storage::webhooks::count_endpoints(&mut transaction, principal.tenant_id).await? >= MAX_ENDPOINTS_PER_TENANT {
         return Err(Error::Conflict(format!("a tenant may have at most {MAX_ENDPOINTS_PER_TENANT} webhook endpoints")));
@@ -515,8 +509,11 @@ pub async fn delete(runtime: &Runtime, principal: &Principal, endpoint_id: Uuid)
     if !storage::webhooks::delete_endpoint(&mut transaction, principal.tenant_id, endpoint_id).await? {
         return Err(Error::NotFound { resource: "webhook" });
     }
-    audit::record(&mut transaction, AuditRecord::by_key(principal, "webhook.delete", "webhook", endpoint_id.to_string()))
-        .await?;
+    audit::record(
+        &mut transaction,
+        AuditRecord::by_key(principal, "webhook.delete", "webhook", endpoint_id.to_string()),
+    )
+    .await?;
     transaction.commit().await?;
     Ok(())
 }
@@ -535,8 +532,16 @@ pub async fn rotate_secret(runtime: &Runtime, principal: &Principal, endpoint_id
     let (current, _, _) = storage::webhooks::secrets(&mut transaction, tenant_id, endpoint_id)
         .await?
         .ok_or(Error::NotFound { resource: "webhook" })?;
-    storage::webhooks::set_secret(&mut transaction, tenant_id, endpoint_id, &sealed, &current, now + PREVIOUS_SECRET_MILLIS, now)
-        .await?;
+    storage::webhooks::set_secret(
+        &mut transaction,
+        tenant_id,
+        endpoint_id,
+        &sealed,
+        &current,
+        now + PREVIOUS_SECRET_MILLIS,
+        now,
+    )
+    .await?;
     let endpoint = storage::webhooks::get_endpoint(&mut transaction, tenant_id, endpoint_id)
         .await?
         .ok_or(Error::NotFound { resource: "webhook" })?;
@@ -698,7 +703,12 @@ pub fn spawn_worker(runtime: &Runtime) -> WorkerHandle {
             if !full {
                 tokio::select! {
                     _ = tokio::time::sleep(poll) => {}
-                    _ = stopped.changed() => {}
+                    changed = stopped.changed() => {
+                        // The handle is gone: nobody can stop the worker any more, so it stops.
+                        if changed.is_err() {
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -786,9 +796,13 @@ async fn attempt(runtime: &Runtime, owner: &str, tenant_id: Uuid, delivery_id: U
                     let disabled =
                         storage::webhooks::disable(&mut transaction, tenant_id, job.endpoint_id, &reason, now).await?;
                     if disabled {
-                        let record =
-                            AuditRecord::by_system(tenant_id, "webhook.disable", "webhook", job.endpoint_id.to_string())
-                                .with_details(serde_json::json!({ "reason": reason }));
+                        let record = AuditRecord::by_system(
+                            tenant_id,
+                            "webhook.disable",
+                            "webhook",
+                            job.endpoint_id.to_string(),
+                        )
+                        .with_details(serde_json::json!({ "reason": reason }));
                         audit::record(&mut transaction, record).await?;
                         tracing::warn!(%tenant_id, endpoint_id = %job.endpoint_id, "webhook endpoint disabled after persistent failure");
                     }
@@ -868,9 +882,7 @@ async fn send(runtime: &Runtime, job: &storage::webhooks::Job) -> Outcome {
                 Outcome::Failed { status: Some(status.as_u16()), error: format!("the endpoint answered {status}") }
             }
         }
-        Err(error) if error.is_timeout() => {
-            failed(format!("no answer within {} seconds", settings.timeout_seconds))
-        }
+        Err(error) if error.is_timeout() => failed(format!("no answer within {} seconds", settings.timeout_seconds)),
         Err(error) if error.is_connect() => failed(format!("cannot connect: {}", error_chain(&error))),
         Err(error) => failed(format!("request failed: {}", error_chain(&error))),
     }

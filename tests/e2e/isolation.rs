@@ -90,7 +90,9 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
     assert!(!found.to_string().contains("zebracanary"), "{found}");
 
     // Routes without ids act on A's own tenant and never show B's data.
-    for path in ["/admin/v1/agents", "/admin/v1/api-keys", "/admin/v1/audit-log", "/admin/v1/tenant", "/admin/v1/webhooks"] {
+    for path in
+        ["/admin/v1/agents", "/admin/v1/api-keys", "/admin/v1/audit-log", "/admin/v1/tenant", "/admin/v1/webhooks"]
+    {
         let (status, response) = server.get(path, &owner_a).await;
         assert_eq!(status, 200);
         let text = response.to_string();

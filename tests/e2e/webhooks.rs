@@ -18,7 +18,10 @@ const EVENTS: [&str; 4] = ["conversation.started", "message.created", "conversat
 
 /// A server whose webhooks may reach this machine, with timeouts and backoff short enough for
 /// a test, and its delivery worker.
-async fn server(backend: Backend, retry_window_seconds: u64) -> Option<(TestServer, parley_runtime::webhooks::WorkerHandle)> {
+async fn server(
+    backend: Backend,
+    retry_window_seconds: u64,
+) -> Option<(TestServer, parley_runtime::webhooks::WorkerHandle)> {
     let server = TestServer::start_with(backend, |settings| {
         settings.webhooks.allow_private_targets = true;
         settings.webhooks.connect_timeout_seconds = 1;
@@ -79,11 +82,7 @@ fn free_port() -> u16 {
 
 /// Everything the receiver logged so far.
 fn received(log: &Path) -> Vec<Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+    std::fs::read_to_string(log).unwrap_or_default().lines().map(|line| serde_json::from_str(line).unwrap()).collect()
 }
 
 /// Waits until the receiver logged at least `count` requests.
@@ -102,8 +101,9 @@ async fn wait_for(log: &Path, count: usize, within: Duration) -> Vec<Value> {
 }
 
 async fn create_webhook(server: &TestServer, token: &str, url: &str, events: &[&str]) -> (String, String) {
-    let (status, created) =
-        server.post("/admin/v1/webhooks", token, json!({ "url": url, "description": "test", "event_types": events })).await;
+    let (status, created) = server
+        .post("/admin/v1/webhooks", token, json!({ "url": url, "description": "test", "event_types": events }))
+        .await;
     assert_eq!(status, 201, "{created}");
     let secret = created["secret"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("whsec_"), "{secret}");
@@ -256,19 +256,33 @@ async fn events_arrive_signed_complete_and_in_order_after_an_outage(backend: Bac
     let (_, page) = server.get(&format!("/admin/v1/webhooks/{webhook_id}/deliveries?limit=3"), &token).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 3);
     let cursor = page["next_cursor"].as_str().unwrap();
-    let (_, next) = server.get(&format!("/admin/v1/webhooks/{webhook_id}/deliveries?limit=3&cursor={cursor}"), &token).await;
+    let (_, next) =
+        server.get(&format!("/admin/v1/webhooks/{webhook_id}/deliveries?limit=3&cursor={cursor}"), &token).await;
     assert_ne!(next["items"][0]["id"], page["items"][0]["id"]);
 
     // A rotated secret: the receiver, still on the old one, keeps verifying during the overlap.
-    let (status, rotated) = server.post(&format!("/admin/v1/webhooks/{webhook_id}/rotate-secret"), &token, json!({})).await;
+    let (status, rotated) =
+        server.post(&format!("/admin/v1/webhooks/{webhook_id}/rotate-secret"), &token, json!({})).await;
     assert_eq!(status, 200, "{rotated}");
     assert_ne!(rotated["secret"], secret.as_str());
     server.document(&token, library_id, "The aquarium feeds its sharks at noon.").await;
     let entries = wait_for(&log, 21, Duration::from_secs(30)).await;
     assert_all_verified_once(&entries);
 
+    // The outbox is in the database: events written while no worker runs (a node restarting)
+    // go out once a worker starts.
+    worker.stop().await;
+    server.document(&token, library_id, "The planetarium shows start every half hour.").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(received(&log).len(), 21);
+    let worker = parley_runtime::webhooks::spawn_worker(&server.runtime);
+    let entries = wait_for(&log, 22, Duration::from_secs(30)).await;
+    assert_eq!(entries.len(), 22);
+    assert_all_verified_once(&entries);
+
     let (_, audit) = server.get("/admin/v1/audit-log?limit=200", &token).await;
-    let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().map(|entry| entry["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> =
+        audit["items"].as_array().unwrap().iter().map(|entry| entry["action"].as_str().unwrap()).collect();
     assert!(actions.contains(&"webhook.create") && actions.contains(&"webhook.rotate_secret"), "{actions:?}");
     receiver.stop().await;
     worker.stop().await;
@@ -320,7 +334,11 @@ async fn a_hanging_endpoint_costs_a_bounded_wait_and_loses_nothing(backend: Back
     let port = free_port();
     let receiver = Receiver::start(port, &secret, &log).await;
     let (status, updated) = server
-        .patch(&format!("/admin/v1/webhooks/{webhook_id}"), &token, json!({ "url": format!("http://127.0.0.1:{port}/") }))
+        .patch(
+            &format!("/admin/v1/webhooks/{webhook_id}"),
+            &token,
+            json!({ "url": format!("http://127.0.0.1:{port}/") }),
+        )
         .await;
     assert_eq!(status, 200, "{updated}");
     let entries = wait_for(&log, 1, Duration::from_secs(30)).await;
@@ -408,7 +426,10 @@ async fn private_targets_are_refused(backend: Backend) {
     for (body, field) in [
         (json!({ "url": "http://127.0.0.1:9/", "event_types": [] }), "event_types"),
         (json!({ "url": "http://127.0.0.1:9/", "event_types": ["message.deleted"] }), "event_types"),
-        (json!({ "url": "http://127.0.0.1:9/", "event_types": ["message.created"], "description": "x".repeat(501) }), "description"),
+        (
+            json!({ "url": "http://127.0.0.1:9/", "event_types": ["message.created"], "description": "x".repeat(501) }),
+            "description",
+        ),
     ] {
         let (status, problem) = server.post("/admin/v1/webhooks", &token, body).await;
         assert_eq!(status, 422, "{problem}");

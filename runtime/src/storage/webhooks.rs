@@ -50,7 +50,11 @@ pub async fn count_endpoints(connection: &mut AnyConnection, tenant_id: Uuid) ->
     Ok(row.try_get("n")?)
 }
 
-pub async fn insert_endpoint(connection: &mut AnyConnection, endpoint: &WebhookEndpoint, secret_sealed: &str) -> Result<()> {
+pub async fn insert_endpoint(
+    connection: &mut AnyConnection,
+    endpoint: &WebhookEndpoint,
+    secret_sealed: &str,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types_json, secret_sealed, enabled, \
          disabled_reason, failing_since, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -76,11 +80,12 @@ pub async fn get_endpoint(
     tenant_id: Uuid,
     endpoint_id: Uuid,
 ) -> Result<Option<WebhookEndpoint>> {
-    let row = sqlx::query(&format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE tenant_id = $1 AND id = $2"))
-        .bind(tenant_id.to_string())
-        .bind(endpoint_id.to_string())
-        .fetch_optional(connection)
-        .await?;
+    let row =
+        sqlx::query(&format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE tenant_id = $1 AND id = $2"))
+            .bind(tenant_id.to_string())
+            .bind(endpoint_id.to_string())
+            .fetch_optional(connection)
+            .await?;
     row.as_ref().map(decode_endpoint).transpose()
 }
 
@@ -122,7 +127,12 @@ pub async fn update_endpoint(connection: &mut AnyConnection, endpoint: &WebhookE
 }
 
 /// Makes the endpoint's pending deliveries due now (after it is re-enabled).
-pub async fn retry_pending_now(connection: &mut AnyConnection, tenant_id: Uuid, endpoint_id: Uuid, now: i64) -> Result<()> {
+pub async fn retry_pending_now(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    endpoint_id: Uuid,
+    now: i64,
+) -> Result<()> {
     sqlx::query(
         "UPDATE webhook_deliveries SET next_attempt_at = $1 \
          WHERE tenant_id = $2 AND endpoint_id = $3 AND status = 'pending'",
@@ -200,11 +210,12 @@ pub async fn set_secret(
 
 /// The tenant's enabled endpoints and the events each is subscribed to.
 pub async fn enabled_endpoints(connection: &mut AnyConnection, tenant_id: Uuid) -> Result<Vec<(Uuid, Vec<Event>)>> {
-    let rows =
-        sqlx::query("SELECT id, event_types_json FROM webhook_endpoints WHERE tenant_id = $1 AND enabled = 1 ORDER BY id")
-            .bind(tenant_id.to_string())
-            .fetch_all(connection)
-            .await?;
+    let rows = sqlx::query(
+        "SELECT id, event_types_json FROM webhook_endpoints WHERE tenant_id = $1 AND enabled = 1 ORDER BY id",
+    )
+    .bind(tenant_id.to_string())
+    .fetch_all(connection)
+    .await?;
     rows.iter()
         .map(|row| {
             Ok((
