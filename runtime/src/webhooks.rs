@@ -188,6 +188,11 @@ const PREVIOUS_SECRET_MILLIS: i64 = 24 * 3_600_000;
 const MAX_URL_LEN: usize = 2_048;
 const MAX_DESCRIPTION_CHARS: usize = 500;
 const MAX_ENDPOINTS_PER_TENANT: i64 = 100;
+/// Days a finished delivery stays in the log.
+const LOG_DAYS: i64 = 30;
+/// How often the worker prunes the log, and rows deleted per transaction.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3_600);
+const PRUNE_BATCH: i64 = 500;
 /// Longest error text kept in the delivery log.
 const MAX_ERROR_CHARS: usize = 500;
 
@@ -689,9 +694,16 @@ pub fn spawn_worker(runtime: &Runtime) -> WorkerHandle {
     let task = tokio::spawn(async move {
         let owner = Uuid::new_v4().to_string();
         let poll = Duration::from_millis(runtime.settings().webhooks.poll_interval_ms);
+        let mut last_prune: Option<std::time::Instant> = None;
         loop {
             if *stopped.borrow() {
                 break;
+            }
+            if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL) {
+                last_prune = Some(std::time::Instant::now());
+                if let Err(error) = prune(&runtime).await {
+                    tracing::error!(error = %error, "pruning the webhook delivery log failed; retrying later");
+                }
             }
             let full = match deliver_due(&runtime, &owner).await {
                 Ok(full) => full,
@@ -714,6 +726,19 @@ pub fn spawn_worker(runtime: &Runtime) -> WorkerHandle {
         }
     });
     WorkerHandle { stop, task }
+}
+
+/// Deletes the delivery log's entries finished more than `LOG_DAYS` ago, in batches.
+async fn prune(runtime: &Runtime) -> Result<()> {
+    let cutoff = storage::now_millis() - LOG_DAYS * 86_400_000;
+    loop {
+        let mut transaction = runtime.database().begin().await?;
+        let deleted = storage::webhooks::prune_finished(&mut transaction, cutoff, PRUNE_BATCH).await?;
+        transaction.commit().await?;
+        if deleted < PRUNE_BATCH as u64 {
+            return Ok(());
+        }
+    }
 }
 
 /// Attempts one batch of due deliveries concurrently. Returns true when the batch was full

@@ -280,6 +280,13 @@ async fn events_arrive_signed_complete_and_in_order_after_an_outage(backend: Bac
     assert_eq!(entries.len(), 22);
     assert_all_verified_once(&entries);
 
+    // Delivered bodies are emptied: the outbox keeps no message text once nothing is pending.
+    let kept: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM webhook_messages WHERE payload <> ''")
+        .fetch_one(server.runtime.database().pool())
+        .await
+        .unwrap();
+    assert_eq!(kept.0, 0, "delivered event bodies are kept");
+
     let (_, audit) = server.get("/admin/v1/audit-log?limit=200", &token).await;
     let actions: Vec<&str> =
         audit["items"].as_array().unwrap().iter().map(|entry| entry["action"].as_str().unwrap()).collect();

@@ -3,7 +3,7 @@
 //!
 //! Every query is scoped by tenant except [`due_deliveries`], the delivery worker's look across
 //! all tenants for deliveries whose time has come (it returns tenant ids; everything after it is
-//! scoped by them).
+//! scoped by them), and [`prune_finished`], which deletes every tenant's old delivery log.
 
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
@@ -155,8 +155,16 @@ pub async fn delete_endpoint(connection: &mut AnyConnection, tenant_id: Uuid, en
     let result = sqlx::query("DELETE FROM webhook_endpoints WHERE tenant_id = $1 AND id = $2")
         .bind(tenant_id.to_string())
         .bind(endpoint_id.to_string())
-        .execute(connection)
+        .execute(&mut *connection)
         .await?;
+    // Events no other endpoint still has a delivery of.
+    sqlx::query(
+        "DELETE FROM webhook_messages WHERE tenant_id = $1 AND NOT EXISTS \
+         (SELECT 1 FROM webhook_deliveries d WHERE d.message_id = webhook_messages.id)",
+    )
+    .bind(tenant_id.to_string())
+    .execute(connection)
+    .await?;
     Ok(result.rows_affected() == 1)
 }
 
@@ -372,6 +380,20 @@ pub async fn job(connection: &mut AnyConnection, tenant_id: Uuid, delivery_id: U
     }))
 }
 
+/// Empties the stored body of a message none of whose deliveries is pending any more: it may
+/// hold message text, and nothing will send it again (the delivery log keeps the outcome).
+async fn clear_finished_payload(connection: &mut AnyConnection, tenant_id: Uuid, message_id: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE webhook_messages SET payload = '' WHERE tenant_id = $1 AND id = $2 AND NOT EXISTS \
+         (SELECT 1 FROM webhook_deliveries d WHERE d.message_id = $2 AND d.status = 'pending')",
+    )
+    .bind(tenant_id.to_string())
+    .bind(message_id)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
 /// Marks the delivery delivered and the endpoint answering again.
 pub async fn record_delivered(
     connection: &mut AnyConnection,
@@ -396,9 +418,9 @@ pub async fn record_delivered(
     sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE tenant_id = $1 AND id = $2")
         .bind(tenant_id.to_string())
         .bind(job.endpoint_id.to_string())
-        .execute(connection)
+        .execute(&mut *connection)
         .await?;
-    Ok(())
+    clear_finished_payload(connection, tenant_id, &job.message_id).await
 }
 
 /// Records a failed attempt: retried at `next_attempt_at`, or failed for good when `None`.
@@ -436,8 +458,11 @@ pub async fn record_failed(
     .bind(now)
     .bind(tenant_id.to_string())
     .bind(job.endpoint_id.to_string())
-    .execute(connection)
+    .execute(&mut *connection)
     .await?;
+    if next_attempt_at.is_none() {
+        clear_finished_payload(connection, tenant_id, &job.message_id).await?;
+    }
     Ok(())
 }
 
@@ -529,4 +554,27 @@ pub async fn list_deliveries(
             })
         })
         .collect()
+}
+
+/// Deletes deliveries finished before `cutoff` and events left with no delivery, across all
+/// tenants (the named exception), at most `batch` of each. Returns how many deliveries went.
+pub async fn prune_finished(connection: &mut AnyConnection, cutoff: i64, batch: i64) -> Result<u64> {
+    let deleted = sqlx::query(
+        "DELETE FROM webhook_deliveries WHERE seq IN (SELECT seq FROM webhook_deliveries \
+         WHERE status <> 'pending' AND finished_at < $1 LIMIT $2)",
+    )
+    .bind(cutoff)
+    .bind(batch)
+    .execute(&mut *connection)
+    .await?
+    .rows_affected();
+    sqlx::query(
+        "DELETE FROM webhook_messages WHERE id IN (SELECT m.id FROM webhook_messages m WHERE m.created_at < $1 \
+         AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.message_id = m.id) LIMIT $2)",
+    )
+    .bind(cutoff)
+    .bind(batch)
+    .execute(connection)
+    .await?;
+    Ok(deleted)
 }
