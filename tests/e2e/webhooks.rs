@@ -189,6 +189,9 @@ async fn events_arrive_signed_complete_and_in_order_after_an_outage(backend: Bac
         return;
     }
     let Some((server, worker)) = server(backend, 300).await else { return };
+    // A second worker, as another node would run: leases keep them from sending one delivery
+    // twice, and the order per conversation holds across both.
+    let second_worker = parley_runtime::webhooks::spawn_worker(&server.runtime);
     let (_, token) = server.tenant("Hooks").await;
     let agent = chat_agent(&server, &token).await;
     let library = server.agent(&token, "Library").await;
@@ -272,6 +275,7 @@ async fn events_arrive_signed_complete_and_in_order_after_an_outage(backend: Bac
     // The outbox is in the database: events written while no worker runs (a node restarting)
     // go out once a worker starts.
     worker.stop().await;
+    second_worker.stop().await;
     server.document(&token, library_id, "The planetarium shows start every half hour.").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(received(&log).len(), 21);
