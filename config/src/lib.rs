@@ -816,6 +816,21 @@ mod tests {
     }
 
     #[test]
+    fn webhook_settings_are_checked() {
+        let settings = load_env(&[("PARLEY_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")]).unwrap();
+        assert!(settings.webhooks.allow_private_targets);
+        let error =
+            load_env(&[("PARLEY_WEBHOOKS__TIMEOUT_SECONDS", "2"), ("PARLEY_WEBHOOKS__CONNECT_TIMEOUT_SECONDS", "5")])
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("webhooks.timeout_seconds"), "{error}");
+        let error = load_env(&[("PARLEY_WEBHOOKS__RETRY_MAX_DELAY_MS", "10")]).unwrap_err().to_string();
+        assert!(error.contains("webhooks.retry_max_delay_ms"), "{error}");
+        let error = load_env(&[("PARLEY_WEBHOOKS__MAX_CONCURRENT_DELIVERIES", "0")]).unwrap_err().to_string();
+        assert!(error.contains("webhooks."), "{error}");
+    }
+
+    #[test]
     fn example_file_matches_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("parley.example.toml");
         let settings = load(Some(&path), &BTreeMap::new(), &Overrides::default()).unwrap();
