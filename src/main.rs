@@ -327,6 +327,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
 
     let sweeper = spawn_retention_sweeper(&runtime, settings.retention.sweep_interval_seconds);
+    let webhook_worker = parley_runtime::webhooks::spawn_worker(&runtime);
     let state = parley_channels::AppState::new(runtime.clone())?;
     tracing::info!(address = %local, tls, "serving");
     if let (true, Some(cert), Some(key)) = (tls, &settings.server.tls.cert_path, &settings.server.tls.key_path) {
@@ -338,6 +339,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if let Some(sweeper) = sweeper {
         sweeper.abort();
     }
+    webhook_worker.stop().await;
     runtime.database().close().await;
     tracing::info!("stopped");
     Ok(())

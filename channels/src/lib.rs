@@ -91,7 +91,14 @@ pub fn router(state: AppState) -> Router {
         .route("/retention", get(admin::retention::get).put(admin::retention::set))
         .route("/analytics", get(admin::analytics::daily))
         .route("/analytics/conversations", get(admin::analytics::conversations))
-        .route("/usage", get(admin::analytics::usage));
+        .route("/usage", get(admin::analytics::usage))
+        .route("/webhooks", get(admin::webhooks::list).post(admin::webhooks::create))
+        .route(
+            "/webhooks/{webhook_id}",
+            get(admin::webhooks::get).patch(admin::webhooks::update).delete(admin::webhooks::delete),
+        )
+        .route("/webhooks/{webhook_id}/rotate-secret", axum::routing::post(admin::webhooks::rotate_secret))
+        .route("/webhooks/{webhook_id}/deliveries", get(admin::webhooks::deliveries));
 
     Router::new()
         .route("/healthz", get(ops::healthz))

@@ -4,7 +4,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::admin::{
-    agents, analytics, audit, conversations, documents, keys, provider_keys, retention, secrets, tenants,
+    agents, analytics, audit, conversations, documents, keys, provider_keys, retention, secrets, tenants, webhooks,
 };
 use crate::chat;
 use crate::ops;
@@ -26,6 +26,8 @@ use crate::ops;
         retention::get, retention::set,
         secrets::rotate,
         analytics::daily, analytics::conversations, analytics::usage,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
+        webhooks::rotate_secret, webhooks::deliveries,
         chat::widget_appearance, chat::openai::completions, chat::openai::models,
     ),
     components(schemas(crate::problem::Problem)),
@@ -41,6 +43,7 @@ use crate::ops;
         (name = "retention", description = "How long the tenant keeps each category of data"),
         (name = "secrets", description = "The node's secrets key (operator)"),
         (name = "analytics", description = "Conversation analytics per conversation and per agent per day; the tenant's usage for billing"),
+        (name = "webhooks", description = "Signed event notifications to the tenant's endpoints, with their delivery logs (docs/webhooks.md)"),
         (name = "provider keys", description = "Tenants' API keys for remote model providers (never returned)"),
         (name = "chat", description = "Visitor-facing chat: the widget's appearance and the OpenAI-compatible endpoint (WebSocket chat: docs/chat-protocol.md)"),
     )

@@ -51,6 +51,7 @@ pub struct Settings {
     pub chat: ChatSettings,
     pub secrets: SecretSettings,
     pub retention: RetentionSettings,
+    pub webhooks: WebhookSettings,
     /// The user's home directory, from `HOME` (not a setting), for default cache paths.
     #[serde(skip)]
     pub home_dir: Option<PathBuf>,
@@ -72,6 +73,7 @@ impl Default for Settings {
             chat: ChatSettings::default(),
             secrets: SecretSettings::default(),
             retention: RetentionSettings::default(),
+            webhooks: WebhookSettings::default(),
             home_dir: None,
         }
     }
@@ -325,6 +327,44 @@ impl Default for RetentionSettings {
     }
 }
 
+/// Webhook delivery: timeouts, the retry schedule, and which targets may be reached.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Allow endpoints whose host resolves to loopback, private, link-local or other
+    /// non-public addresses (off: such URLs are refused, against server-side request forgery).
+    pub allow_private_targets: bool,
+    /// Seconds to wait for a TCP (and TLS) connection to an endpoint.
+    pub connect_timeout_seconds: u64,
+    /// Seconds one delivery attempt may take in all, connection included.
+    pub timeout_seconds: u64,
+    /// Milliseconds before the first retry; each later retry waits twice as long (with jitter).
+    pub retry_initial_delay_ms: u64,
+    /// The longest wait between two attempts, in milliseconds.
+    pub retry_max_delay_ms: u64,
+    /// Seconds a delivery is retried for, from the event; then it fails for good.
+    pub retry_window_seconds: u64,
+    /// Milliseconds between the delivery worker's looks for due deliveries.
+    pub poll_interval_ms: u64,
+    /// Attempts in flight at once on this node.
+    pub max_concurrent_deliveries: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            allow_private_targets: false,
+            connect_timeout_seconds: 5,
+            timeout_seconds: 15,
+            retry_initial_delay_ms: 5_000,
+            retry_max_delay_ms: 3_600_000,
+            retry_window_seconds: 86_400,
+            poll_interval_ms: 1_000,
+            max_concurrent_deliveries: 16,
+        }
+    }
+}
+
 /// The key that encrypts secrets at rest (provider API keys, identity secrets, resume tokens'
 /// signing key).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -484,6 +524,28 @@ impl Settings {
         if self.models.local_threads == 0 || self.models.local_queue == 0 {
             return Err(invalid("models.local_threads", "local_threads and local_queue must be at least 1"));
         }
+        let webhooks = &self.webhooks;
+        if webhooks.connect_timeout_seconds == 0 || webhooks.timeout_seconds < webhooks.connect_timeout_seconds {
+            return Err(invalid(
+                "webhooks.timeout_seconds",
+                "connect_timeout_seconds must be at least 1 and timeout_seconds at least connect_timeout_seconds",
+            ));
+        }
+        if webhooks.retry_initial_delay_ms == 0 || webhooks.retry_max_delay_ms < webhooks.retry_initial_delay_ms {
+            return Err(invalid(
+                "webhooks.retry_max_delay_ms",
+                "retry_initial_delay_ms must be at least 1 and retry_max_delay_ms at least retry_initial_delay_ms",
+            ));
+        }
+        if webhooks.retry_window_seconds == 0
+            || webhooks.poll_interval_ms == 0
+            || webhooks.max_concurrent_deliveries == 0
+        {
+            return Err(invalid(
+                "webhooks.retry_window_seconds",
+                "retry_window_seconds, poll_interval_ms and max_concurrent_deliveries must be at least 1",
+            ));
+        }
         if self.secrets.key.is_some() && self.secrets.key_file.is_some() {
             return Err(invalid("secrets.key", "set either secrets.key or secrets.key_file, not both"));
         }
@@ -596,6 +658,14 @@ pub const SETTING_KEYS: &[&str] = &[
     "secrets.key_file",
     "secrets.previous_keys",
     "retention.sweep_interval_seconds",
+    "webhooks.allow_private_targets",
+    "webhooks.connect_timeout_seconds",
+    "webhooks.timeout_seconds",
+    "webhooks.retry_initial_delay_ms",
+    "webhooks.retry_max_delay_ms",
+    "webhooks.retry_window_seconds",
+    "webhooks.poll_interval_ms",
+    "webhooks.max_concurrent_deliveries",
 ];
 
 /// True when `path` names a setting of `Settings`.
@@ -748,6 +818,21 @@ mod tests {
         assert!(error.contains("operator_key"), "{error}");
         let error = load_env(&[("PARLEY_DATABASE__URL", "mysql://x")]).unwrap_err().to_string();
         assert!(error.contains("database.url"), "{error}");
+    }
+
+    #[test]
+    fn webhook_settings_are_checked() {
+        let settings = load_env(&[("PARLEY_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")]).unwrap();
+        assert!(settings.webhooks.allow_private_targets);
+        let error =
+            load_env(&[("PARLEY_WEBHOOKS__TIMEOUT_SECONDS", "2"), ("PARLEY_WEBHOOKS__CONNECT_TIMEOUT_SECONDS", "5")])
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("webhooks.timeout_seconds"), "{error}");
+        let error = load_env(&[("PARLEY_WEBHOOKS__RETRY_MAX_DELAY_MS", "10")]).unwrap_err().to_string();
+        assert!(error.contains("webhooks.retry_max_delay_ms"), "{error}");
+        let error = load_env(&[("PARLEY_WEBHOOKS__MAX_CONCURRENT_DELIVERIES", "0")]).unwrap_err().to_string();
+        assert!(error.contains("webhooks."), "{error}");
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub enum Permission {
     /// The tenant's usage for billing (owner and admin).
     ReadUsage,
     ReadAudit,
+    ReadWebhooks,
+    ManageWebhooks,
     Chat,
 }
 
@@ -104,6 +106,8 @@ impl Permission {
             Permission::ReadAnalytics => "read analytics",
             Permission::ReadUsage => "read usage",
             Permission::ReadAudit => "read the audit log",
+            Permission::ReadWebhooks => "read webhooks and their delivery logs",
+            Permission::ManageWebhooks => "create, change or delete webhooks",
             Permission::Chat => "talk to agents",
         }
     }

@@ -231,6 +231,23 @@ async fn publish(
             serde_json::json!({ "agent_id": agent_id, "format": staged.document.format, "chunks": staged.chunks.len() }),
         );
         audit::record(&mut transaction, record).await?;
+        let document = &staged.document;
+        crate::webhooks::enqueue(
+            &mut transaction,
+            staged.tenant_id,
+            crate::webhooks::Event::DocumentIndexed,
+            None,
+            serde_json::json!({
+                "document_id": document.id,
+                "agent_id": agent_id,
+                "title": document.title,
+                "source_name": document.source_name,
+                "format": document.format,
+                "chunks": staged.chunks.len(),
+                "replaced": staged.replaces > 0,
+            }),
+        )
+        .await?;
         transaction.commit().await?;
         Ok(())
     }

@@ -36,6 +36,8 @@ pub struct RotationReport {
     pub generated: bool,
     pub provider_keys: u64,
     pub identity_secrets: u64,
+    /// Webhook signing secrets, current and previous.
+    pub webhook_secrets: u64,
     /// Values no key in the keyring opens (sealed under a key that was removed); left as they
     /// are and counted here, so the operator can restore the key or replace the secrets.
     pub unreadable: u64,
@@ -61,11 +63,17 @@ pub async fn rotate(runtime: &Runtime, generate_key: bool) -> Result<RotationRep
         ..RotationReport::default()
     };
     let mut per_tenant: BTreeMap<Uuid, u64> = BTreeMap::new();
-    for column in [SealedColumn::ProviderKeys, SealedColumn::IdentitySecrets] {
+    for column in [
+        SealedColumn::ProviderKeys,
+        SealedColumn::IdentitySecrets,
+        SealedColumn::WebhookSecrets,
+        SealedColumn::PreviousWebhookSecrets,
+    ] {
         let (resealed, unreadable) = reseal_column(runtime, column, &mut per_tenant).await?;
         match column {
-            SealedColumn::ProviderKeys => report.provider_keys = resealed,
-            SealedColumn::IdentitySecrets => report.identity_secrets = resealed,
+            SealedColumn::ProviderKeys => report.provider_keys += resealed,
+            SealedColumn::IdentitySecrets => report.identity_secrets += resealed,
+            SealedColumn::WebhookSecrets | SealedColumn::PreviousWebhookSecrets => report.webhook_secrets += resealed,
         }
         report.unreadable += unreadable;
     }
@@ -94,6 +102,13 @@ async fn reseal_column(
             (crate::provider_keys::PURPOSE, |row| crate::provider_keys::context(row.tenant_id, &row.key))
         }
         SealedColumn::IdentitySecrets => (crate::agents::IDENTITY_SECRET_PURPOSE, |row| row.key.clone()),
+        SealedColumn::WebhookSecrets | SealedColumn::PreviousWebhookSecrets => {
+            (crate::webhooks::SECRET_PURPOSE, |row| {
+                Uuid::parse_str(&row.key)
+                    .map(|endpoint_id| crate::webhooks::secret_context(row.tenant_id, endpoint_id))
+                    .unwrap_or_default()
+            })
+        }
     };
     let (mut resealed, mut unreadable) = (0, 0);
     let mut after: Option<(Uuid, String)> = None;

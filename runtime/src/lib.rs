@@ -29,6 +29,7 @@ pub mod retention;
 pub mod secrets;
 pub mod storage;
 pub mod tenants;
+pub mod webhooks;
 
 use std::sync::{Arc, RwLock};
 

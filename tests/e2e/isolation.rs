@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::both_backends;
 use crate::common::{Backend, TestServer};
-use crate::matrix::{body, routes, Case};
+use crate::matrix::{body, routes, webhook, Case};
 
 both_backends!(other_tenants_resources_are_not_found_and_unchanged);
 
@@ -18,6 +18,7 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
     let (viewer_key_b, viewer_b) = server.key(&owner_b, "viewer").await;
     let (owner_key_b, _) = server.key(&owner_b, "owner").await;
     let document_b = server.document(&owner_b, agent_b["id"].as_str().unwrap(), "Tenant B's zebracanary secret.").await;
+    let webhook_b = webhook(&server, &owner_b).await;
 
     let agent_b_id = agent_b["id"].as_str().unwrap().to_owned();
     let snapshot = |token: String| {
@@ -34,7 +35,8 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
                 .post(&format!("{agent_path}/search"), &token, serde_json::json!({ "query": "zebracanary" }))
                 .await
                 .1;
-            (agents, keys, audit, tenant, documents, search)
+            let webhooks = server.get("/admin/v1/webhooks", &token).await.1;
+            (agents, keys, audit, tenant, documents, search, webhooks)
         }
     };
     let before = snapshot(owner_b.clone()).await;
@@ -56,7 +58,8 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
             .replace("{agent_id}", agent_b["id"].as_str().unwrap())
             .replace("{key_id}", key_id)
             .replace("{document_id}", &document_b)
-            .replace("{conversation_id}", &conversation_b);
+            .replace("{conversation_id}", &conversation_b)
+            .replace("{webhook_id}", &webhook_b);
         let (status, problem) = server.call(route.method.clone(), &path, Some(&owner_a), body(route.case)).await;
         assert_eq!(
             (status, problem["code"].as_str()),
@@ -67,7 +70,7 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
         );
         walked += 1;
     }
-    assert_eq!(walked, 14);
+    assert_eq!(walked, 19);
     // A's own agent with B's document id is not found either.
     let own_agent = agent_a["id"].as_str().unwrap();
     for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
@@ -102,11 +105,12 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
         "/admin/v1/analytics",
         "/admin/v1/analytics/conversations",
         "/admin/v1/usage",
+        "/admin/v1/webhooks",
     ] {
         let (status, response) = server.get(path, &owner_a).await;
         assert_eq!(status, 200);
         let text = response.to_string();
-        for foreign in [agent_b["id"].as_str().unwrap(), &viewer_key_b, &owner_key_b, &tenant_b] {
+        for foreign in [agent_b["id"].as_str().unwrap(), &viewer_key_b, &owner_key_b, &tenant_b, &webhook_b] {
             assert!(!text.contains(foreign), "{path} of tenant A shows {foreign} of tenant B");
         }
     }

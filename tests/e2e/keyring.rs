@@ -22,6 +22,15 @@ async fn sealed_values(server: &TestServer) -> Vec<String> {
         .unwrap(),
     );
     values.extend(
+        sqlx::query_scalar::<_, String>(
+            "SELECT secret_sealed FROM webhook_endpoints UNION ALL \
+             SELECT previous_secret_sealed FROM webhook_endpoints WHERE previous_secret_sealed IS NOT NULL",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap(),
+    );
+    values.extend(
         sqlx::query_scalar::<_, String>("SELECT value FROM node_meta WHERE key = 'secrets_check'")
             .fetch_all(pool)
             .await
@@ -37,7 +46,10 @@ async fn rotate(server: &TestServer, token: &str, body: Value) -> (u16, Value) {
 both_backends!(rotation_reseals_everything_without_breaking_anything);
 
 async fn rotation_reseals_everything_without_breaking_anything(backend: Backend) {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start_with(backend, |settings| settings.webhooks.allow_private_targets = true).await
+    else {
+        return;
+    };
     let (_, token) = server.tenant("Rotating").await;
     let agent = server.agent(&token, "Keyed").await;
     let agent_id = agent["id"].as_str().unwrap();
@@ -55,13 +67,25 @@ async fn rotation_reseals_everything_without_breaking_anything(backend: Backend)
         )
         .await;
     assert_eq!(status, 200, "{stored}");
+    let (status, webhook) = server
+        .post(
+            "/admin/v1/webhooks",
+            &token,
+            json!({ "url": "http://127.0.0.1:9/hook", "event_types": ["message.created"] }),
+        )
+        .await;
+    assert_eq!(status, 201, "{webhook}");
+    let webhook_id = webhook["webhook"]["id"].as_str().unwrap();
+    let (status, rotated) =
+        server.post(&format!("/admin/v1/webhooks/{webhook_id}/rotate-secret"), &token, json!({})).await;
+    assert_eq!(status, 200, "{rotated}");
     let mut client = ChatClient::connect(&server.base, public_id, None).await.unwrap();
     let session = client.hello(json!({})).await;
     drop(client);
 
     let old_key_id = server.runtime.secrets().key_id().to_owned();
     let before = sealed_values(&server).await;
-    assert_eq!(before.len(), 3, "{before:?}");
+    assert_eq!(before.len(), 5, "{before:?}");
     assert!(before.iter().all(|sealed| sealed.starts_with(&format!("v1.{old_key_id}."))));
 
     // Only the operator rotates.
@@ -76,10 +100,14 @@ async fn rotation_reseals_everything_without_breaking_anything(backend: Backend)
     assert_ne!(new_key_id, old_key_id);
     assert_eq!(report["generated"], true);
     assert_eq!(report["previous_key_ids"], json!([old_key_id]));
-    assert_eq!(report["resealed"], json!({ "provider_keys": 1, "identity_secrets": 1 }), "{report}");
+    assert_eq!(
+        report["resealed"],
+        json!({ "provider_keys": 1, "identity_secrets": 1, "webhook_secrets": 2 }),
+        "{report}"
+    );
     assert_eq!(report["unreadable"], 0);
     let after = sealed_values(&server).await;
-    assert_eq!(after.len(), 3);
+    assert_eq!(after.len(), 5);
     assert!(after.iter().all(|sealed| sealed.starts_with(&format!("v1.{new_key_id}."))), "{after:?}");
     let (_, audit) = server.get("/admin/v1/audit-log", &token).await;
     assert!(audit.to_string().contains("secrets.rotate"), "{audit}");
@@ -100,7 +128,7 @@ async fn rotation_reseals_everything_without_breaking_anything(backend: Backend)
     let (status, again) = rotate(&server, OPERATOR_KEY, json!({ "reseal_only": true })).await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["generated"], false);
-    assert_eq!(again["resealed"], json!({ "provider_keys": 0, "identity_secrets": 0 }));
+    assert_eq!(again["resealed"], json!({ "provider_keys": 0, "identity_secrets": 0, "webhook_secrets": 0 }));
 
     // The key file holds the new key first and the old one after it; a restart reads both,
     // and a start with the old key alone is refused.

@@ -20,3 +20,4 @@ mod retention;
 mod samples;
 mod storage;
 mod tidy;
+mod webhooks;

@@ -37,11 +37,23 @@ pub enum Case {
     ProviderKeyTarget,
     TenantTarget,
     SetRetention,
+    NewWebhook,
+    UpdateWebhook,
 }
 
 const READERS: &[&str] = &["owner", "admin", "editor", "viewer"];
 const WRITERS: &[&str] = &["owner", "admin", "editor"];
 const KEY_MANAGERS: &[&str] = &["owner", "admin"];
+
+/// A public address for webhook fixtures; nothing connects to it (no delivery worker runs).
+pub const WEBHOOK_URL: &str = "https://93.184.216.34/parley-hooks";
+
+/// Registers a webhook endpoint; returns its id.
+pub async fn webhook(server: &TestServer, token: &str) -> String {
+    let (status, created) = server.post("/admin/v1/webhooks", token, body(Case::NewWebhook).unwrap()).await;
+    assert_eq!(status, 201, "{created}");
+    created["webhook"]["id"].as_str().unwrap().to_owned()
+}
 
 pub fn routes() -> Vec<Route> {
     use Case::*;
@@ -84,6 +96,13 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/admin/v1/analytics", Plain, &["owner", "admin", "viewer"]),
         route(Method::GET, "/admin/v1/analytics/conversations", Plain, &["owner", "admin", "viewer"]),
         route(Method::GET, "/admin/v1/usage", Plain, KEY_MANAGERS),
+        route(Method::GET, "/admin/v1/webhooks", Plain, KEY_MANAGERS),
+        route(Method::POST, "/admin/v1/webhooks", NewWebhook, KEY_MANAGERS),
+        route(Method::GET, "/admin/v1/webhooks/{webhook_id}", Plain, KEY_MANAGERS),
+        route(Method::PATCH, "/admin/v1/webhooks/{webhook_id}", UpdateWebhook, KEY_MANAGERS),
+        route(Method::DELETE, "/admin/v1/webhooks/{webhook_id}", Plain, KEY_MANAGERS),
+        route(Method::POST, "/admin/v1/webhooks/{webhook_id}/rotate-secret", Plain, KEY_MANAGERS),
+        route(Method::GET, "/admin/v1/webhooks/{webhook_id}/deliveries", Plain, KEY_MANAGERS),
         // Operator only: no tenant key of any role.
         route(Method::GET, "/admin/v1/tenants", Plain, &[]),
         route(Method::POST, "/admin/v1/tenants", NewTenant, &[]),
@@ -110,6 +129,8 @@ pub fn body(case: Case) -> Option<Value> {
         Case::SetRetention => {
             Some(json!({ "transcript_days": 30, "audio_days": 7, "analytics_days": 90, "audit_days": 365 }))
         }
+        Case::NewWebhook => Some(json!({ "url": WEBHOOK_URL, "event_types": ["message.created"] })),
+        Case::UpdateWebhook => Some(json!({ "description": "changed" })),
         Case::Plain | Case::ViewerKeyTarget | Case::OwnerKeyTarget | Case::ConversationTarget => None,
     }
 }
@@ -145,6 +166,8 @@ async fn every_role_on_every_route(backend: Backend) {
             } else {
                 String::new()
             };
+            let webhook_id =
+                if route.path.contains("{webhook_id}") { webhook(&server, &owner).await } else { String::new() };
             if route.case == Case::ProviderKeyTarget {
                 let (status, _) =
                     server.call(Method::PUT, "/admin/v1/provider-keys/anthropic", Some(&owner), body(route.case)).await;
@@ -157,7 +180,8 @@ async fn every_role_on_every_route(backend: Backend) {
                 .replace("{document_id}", &document_id)
                 .replace("{conversation_id}", &conversation_id)
                 .replace("{provider}", "anthropic")
-                .replace("{tenant_id}", &tenant_id);
+                .replace("{tenant_id}", &tenant_id)
+                .replace("{webhook_id}", &webhook_id);
             let body = if route.method == Method::DELETE { None } else { body(route.case) };
             let (status, response) = server.call(route.method.clone(), &path, Some(&token), body).await;
             // Operator routes do not know tenant keys at all: 401, not 403.

@@ -11,6 +11,7 @@ pub mod provider_keys;
 pub mod retention;
 pub mod secrets;
 pub mod tenants;
+pub mod webhooks;
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;

@@ -37,6 +37,7 @@ pub struct RotateResponse {
 pub struct ResealedCounts {
     pub provider_keys: u64,
     pub identity_secrets: u64,
+    pub webhook_secrets: u64,
 }
 
 impl From<RotationReport> for RotateResponse {
@@ -45,7 +46,11 @@ impl From<RotationReport> for RotateResponse {
             key_id: report.key_id,
             previous_key_ids: report.previous_key_ids,
             generated: report.generated,
-            resealed: ResealedCounts { provider_keys: report.provider_keys, identity_secrets: report.identity_secrets },
+            resealed: ResealedCounts {
+                provider_keys: report.provider_keys,
+                identity_secrets: report.identity_secrets,
+                webhook_secrets: report.webhook_secrets,
+            },
             unreadable: report.unreadable,
         }
     }

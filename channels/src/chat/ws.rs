@@ -179,6 +179,9 @@ impl Connection {
                 () = async { let _ = overflowed.wait_for(|overflow| *overflow).await; } => {
                     tracing::info!("closing a chat connection whose client does not read its frames");
                     writer.abort();
+                    if let Some(session) = &connection.session {
+                        engine::connection_closed(&state.runtime, session);
+                    }
                     drop(connection);
                     state.metrics.chat_connections.dec();
                     return;
@@ -191,6 +194,9 @@ impl Connection {
                     let _ = connection.outbox.queue.try_send(Outgoing::Ping);
                 }
             }
+        }
+        if let Some(session) = &connection.session {
+            engine::connection_closed(&state.runtime, session);
         }
         drop(connection);
         // Let the writer flush what is queued (the last error, a close frame) while reading and

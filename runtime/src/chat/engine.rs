@@ -237,6 +237,7 @@ pub async fn submit(runtime: &Runtime, session: &Session, message: UserMessage) 
         storage::conversations::insert_message(&mut transaction, &user).await?;
         storage::conversations::touch(&mut transaction, conversation.tenant_id, conversation.id, storage::now_millis())
             .await?;
+        message_created(&mut transaction, session.agent.id, &user).await?;
         transaction.commit().await?;
     }
     start_turn(runtime, session, user, text, history).await.map(Submitted::Live)
@@ -250,6 +251,43 @@ pub fn cancel(runtime: &Runtime, session: &Session) -> bool {
     let Some(turn) = lock(&engine.live).get(&user_message_id).cloned() else { return false };
     turn.cancel.send_replace(true);
     true
+}
+
+/// Reports that a chat connection holding the session's conversation closed: emits
+/// `conversation.ended` once no answer is being written in it any more (so the event follows
+/// every `message.created` of the connection), waiting at most the turn timeout.
+pub fn connection_closed(runtime: &Runtime, session: &Session) {
+    let runtime = runtime.clone();
+    let conversation = session.conversation.clone();
+    tokio::spawn(async move {
+        let engine = runtime.chat_engine();
+        let deadline = Instant::now() + Duration::from_secs(runtime.settings().chat.turn_timeout_seconds + 10);
+        while lock(&engine.busy).contains_key(&conversation.id) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let emitted: Result<()> = async {
+            let mut data = crate::webhooks::conversation_data(&conversation);
+            data["ended_at"] = serde_json::Value::String(
+                storage::now().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            );
+            let mut transaction = runtime.database().begin().await?;
+            let ordering_key = conversation.id.to_string();
+            crate::webhooks::enqueue(
+                &mut transaction,
+                conversation.tenant_id,
+                crate::webhooks::Event::ConversationEnded,
+                Some(&ordering_key),
+                data,
+            )
+            .await?;
+            transaction.commit().await?;
+            Ok(())
+        }
+        .await;
+        if let Err(error) = emitted {
+            tracing::error!(error = %error, conversation_id = %conversation.id, "cannot record conversation.ended");
+        }
+    });
 }
 
 /// Answers a conversation whose history the client supplies (the OpenAI-compatible endpoint):
@@ -276,8 +314,13 @@ pub async fn answer_stateless(
     let mut connection = runtime.database().pool().acquire().await?;
     check_budget(runtime, &mut connection, conversation.tenant_id).await?;
     let user = visitor_message(session, &question, client_message_id);
-    storage::conversations::insert_message(&mut connection, &user).await?;
     drop(connection);
+    {
+        let mut transaction = runtime.database().begin().await?;
+        storage::conversations::insert_message(&mut transaction, &user).await?;
+        message_created(&mut transaction, agent.id, &user).await?;
+        transaction.commit().await?;
+    }
     start_turn(runtime, session, user, question, history).await
 }
 
@@ -701,8 +744,21 @@ async fn finish_turn(
     let _ = turn.events.send(TurnEvent::Complete(Arc::new(reply)));
 }
 
-/// Stores the answer, counts its tokens for the day and adds the turn to analytics, in one
-/// transaction.
+/// Emits `message.created` for a message just stored, in the transaction that stored it.
+async fn message_created(connection: &mut sqlx::AnyConnection, agent_id: Uuid, message: &StoredMessage) -> Result<()> {
+    let ordering_key = message.conversation_id.to_string();
+    crate::webhooks::enqueue(
+        connection,
+        message.tenant_id,
+        crate::webhooks::Event::MessageCreated,
+        Some(&ordering_key),
+        crate::webhooks::message_data(agent_id, message),
+    )
+    .await
+}
+
+/// Stores the answer with its `message.created` event, counts its tokens for the day and adds
+/// the turn to analytics, in one transaction.
 async fn store_reply(
     runtime: &Runtime,
     session: &Session,
@@ -711,6 +767,7 @@ async fn store_reply(
 ) -> Result<()> {
     let mut transaction = runtime.database().begin().await?;
     storage::conversations::insert_message(&mut transaction, reply).await?;
+    message_created(&mut transaction, session.agent.id, reply).await?;
     storage::conversations::touch(&mut transaction, reply.tenant_id, reply.conversation_id, storage::now_millis())
         .await?;
     let tokens = i64::from(reply.prompt_tokens) + i64::from(reply.completion_tokens);

@@ -153,7 +153,20 @@ pub async fn start(runtime: &Runtime, agent: &Agent, channel: Channel, request: 
         started_at: now,
         last_activity_at: now,
     };
-    storage::conversations::insert(&mut connection, &conversation).await?;
+    // Never hold a pooled connection while taking another.
+    drop(connection);
+    let mut transaction = runtime.database().begin().await?;
+    storage::conversations::insert(&mut transaction, &conversation).await?;
+    let ordering_key = conversation.id.to_string();
+    crate::webhooks::enqueue(
+        &mut transaction,
+        conversation.tenant_id,
+        crate::webhooks::Event::ConversationStarted,
+        Some(&ordering_key),
+        crate::webhooks::conversation_data(&conversation),
+    )
+    .await?;
+    transaction.commit().await?;
     Ok(Session {
         agent: agent.clone(),
         resume_token: resume_token(runtime, agent, conversation.id),

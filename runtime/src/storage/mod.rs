@@ -16,6 +16,7 @@ pub mod retention;
 pub mod sealed;
 pub mod tenants;
 pub mod usage;
+pub mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -18,6 +18,10 @@ pub enum SealedColumn {
     ProviderKeys,
     /// `agents.identity_secret_sealed`, keyed by agent id.
     IdentitySecrets,
+    /// `webhook_endpoints.secret_sealed`, keyed by endpoint id.
+    WebhookSecrets,
+    /// `webhook_endpoints.previous_secret_sealed` (still signing after a secret rotation).
+    PreviousWebhookSecrets,
 }
 
 /// One sealed value and where it lives.
@@ -51,6 +55,16 @@ pub async fn stale(
              WHERE identity_secret_sealed IS NOT NULL AND identity_secret_sealed NOT LIKE $1 \
              AND (tenant_id > $2 OR (tenant_id = $2 AND id > $3)) ORDER BY tenant_id, id LIMIT $4"
         }
+        SealedColumn::WebhookSecrets => {
+            "SELECT tenant_id, id AS row_key, secret_sealed AS sealed FROM webhook_endpoints \
+             WHERE secret_sealed NOT LIKE $1 \
+             AND (tenant_id > $2 OR (tenant_id = $2 AND id > $3)) ORDER BY tenant_id, id LIMIT $4"
+        }
+        SealedColumn::PreviousWebhookSecrets => {
+            "SELECT tenant_id, id AS row_key, previous_secret_sealed AS sealed FROM webhook_endpoints \
+             WHERE previous_secret_sealed IS NOT NULL AND previous_secret_sealed NOT LIKE $1 \
+             AND (tenant_id > $2 OR (tenant_id = $2 AND id > $3)) ORDER BY tenant_id, id LIMIT $4"
+        }
     };
     let rows =
         sqlx::query(sql).bind(pattern).bind(after_tenant).bind(after_key).bind(limit).fetch_all(connection).await?;
@@ -80,6 +94,13 @@ pub async fn replace(
         SealedColumn::IdentitySecrets => {
             "UPDATE agents SET identity_secret_sealed = $1 \
              WHERE tenant_id = $2 AND id = $3 AND identity_secret_sealed = $4"
+        }
+        SealedColumn::WebhookSecrets => {
+            "UPDATE webhook_endpoints SET secret_sealed = $1 WHERE tenant_id = $2 AND id = $3 AND secret_sealed = $4"
+        }
+        SealedColumn::PreviousWebhookSecrets => {
+            "UPDATE webhook_endpoints SET previous_secret_sealed = $1 \
+             WHERE tenant_id = $2 AND id = $3 AND previous_secret_sealed = $4"
         }
     };
     let result = sqlx::query(sql)
