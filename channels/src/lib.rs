@@ -87,7 +87,16 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/tenants/{tenant_id}/token-budget", axum::routing::put(admin::tenants::set_token_budget))
         .route("/tenant/token-budget", get(admin::tenants::own_token_budget))
-        .route("/retention", get(admin::retention::get).put(admin::retention::set));
+        .route("/retention", get(admin::retention::get).put(admin::retention::set))
+        .route("/exports", get(admin::exports::list).post(admin::exports::create))
+        .route("/exports/{export_id}", get(admin::exports::get))
+        .route("/exports/{export_id}/download", get(admin::exports::download))
+        .route(
+            "/model-improvement",
+            get(admin::exports::get_model_improvement).put(admin::exports::set_model_improvement),
+        )
+        .route("/erasures", get(admin::erasures::list).post(admin::erasures::create))
+        .route("/erasures/{erasure_id}", get(admin::erasures::get));
 
     Router::new()
         .route("/healthz", get(ops::healthz))

@@ -3,7 +3,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::admin::{agents, audit, conversations, documents, keys, provider_keys, retention, tenants};
+use crate::admin::{
+    agents, audit, conversations, documents, erasures, exports, keys, provider_keys, retention, tenants,
+};
 use crate::chat;
 use crate::ops;
 
@@ -22,6 +24,9 @@ use crate::ops;
         provider_keys::list, provider_keys::set, provider_keys::delete,
         tenants::set_token_budget, tenants::own_token_budget,
         retention::get, retention::set,
+        exports::create, exports::list, exports::get, exports::download,
+        exports::get_model_improvement, exports::set_model_improvement,
+        erasures::create, erasures::list, erasures::get,
         chat::widget_appearance, chat::openai::completions, chat::openai::models,
     ),
     components(schemas(crate::problem::Problem)),
@@ -35,6 +40,7 @@ use crate::ops;
         (name = "operations", description = "Health, readiness and metrics"),
         (name = "conversations", description = "Transcripts of conversations with agents"),
         (name = "retention", description = "How long the tenant keeps each category of data"),
+        (name = "data protection", description = "Exports (data portability), erasures (the right to be forgotten) and the model-improvement opt-in"),
         (name = "provider keys", description = "Tenants' API keys for remote model providers (never returned)"),
         (name = "chat", description = "Visitor-facing chat: the widget's appearance and the OpenAI-compatible endpoint (WebSocket chat: docs/chat-protocol.md)"),
     )

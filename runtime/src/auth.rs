@@ -51,7 +51,7 @@ impl Role {
         use Permission::*;
         match self {
             Role::Owner => true,
-            Role::Admin => !matches!(permission, ManageOwnerKeys | DeleteTenant),
+            Role::Admin => !matches!(permission, ManageOwnerKeys | DeleteTenant | ManageDataUse),
             Role::Editor => {
                 matches!(permission, ReadTenant | ReadAgents | WriteAgents | ReadKnowledge | WriteKnowledge)
             }
@@ -83,6 +83,12 @@ pub enum Permission {
     ReadAnalytics,
     ReadAudit,
     Chat,
+    /// Export the tenant's data or an end user's (`/admin/v1/exports`).
+    ExportData,
+    /// Erase an end user's, a conversation's or an agent's data (`/admin/v1/erasures`).
+    EraseData,
+    /// Decide whether the tenant's conversations may be used to improve models.
+    ManageDataUse,
 }
 
 impl Permission {
@@ -102,6 +108,9 @@ impl Permission {
             Permission::ReadAnalytics => "read analytics",
             Permission::ReadAudit => "read the audit log",
             Permission::Chat => "talk to agents",
+            Permission::ExportData => "export data",
+            Permission::EraseData => "erase data",
+            Permission::ManageDataUse => "change the model-improvement setting",
         }
     }
 }

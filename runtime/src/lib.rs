@@ -15,7 +15,9 @@ pub mod audit;
 pub mod auth;
 pub mod chat;
 pub mod documents;
+pub mod erasure;
 pub mod error;
+pub mod exports;
 pub mod keys;
 pub mod lock;
 pub mod page;
@@ -25,6 +27,7 @@ pub mod redact;
 pub mod retention;
 pub mod secrets;
 pub mod storage;
+pub mod subjects;
 pub mod tenants;
 
 use std::sync::Arc;

@@ -7,6 +7,8 @@
 pub mod agents;
 pub mod audit;
 pub mod conversations;
+pub mod erasure;
+pub mod exports;
 pub mod keys;
 pub mod meta;
 pub mod provider_keys;
