@@ -39,10 +39,10 @@ LLAMA_BENCH := $(LLAMA_CPP_DIR)/build/bin/llama-bench
 # The PostgreSQL test suite uses TEST_POSTGRES_URL, or the local server when one answers.
 LOCAL_POSTGRES_URL := postgres://postgres@127.0.0.1:5432/postgres
 
-# Python clients the test suite drives Parley with (the official `openai` package), in a
-# virtual environment in the cache.
+# Python clients the test suite drives Parley with (the official `openai` package) and checks
+# exports with (`jsonschema`), in a virtual environment in the cache.
 VENV := $(CACHE_DIR)/venv
-PYTHON_TEST_PACKAGES := openai==3.54.0
+PYTHON_TEST_PACKAGES := openai==3.54.0 jsonschema==4.26.0
 
 .PHONY: run test setup build packages models llama-server pytools lint fmt
 
@@ -100,7 +100,7 @@ run: models
 	PARLEY_MODELS__DIR=$(CACHE_DIR)/models $(BIN) serve
 
 pytools: setup
-	@if ! $(VENV)/bin/python -c "import openai" >/dev/null 2>&1; then \
+	@if ! $(VENV)/bin/python -c "import openai, jsonschema" >/dev/null 2>&1; then \
 	  echo "installing $(PYTHON_TEST_PACKAGES) into $(VENV)"; \
 	  python3 -m venv $(VENV) && $(VENV)/bin/python -m pip install --quiet $(PYTHON_TEST_PACKAGES); \
 	fi

@@ -78,8 +78,6 @@ struct Plan {
     tenant_id: Uuid,
     subject: ErasureSubject,
     conversations: Vec<Uuid>,
-    /// For end users: the keyed hash export jobs carry.
-    subject_hash: Option<String>,
 }
 
 /// One store an erasure removes data from. New stores add a step here.
@@ -92,7 +90,8 @@ enum Step {
     /// An agent's documents (rows, chunks, vectors, index entries) and the agent itself, or
     /// a tenant's whole index directory; the index is then compacted.
     Knowledge,
-    /// Export archives that may hold erased data.
+    /// Export archives that may hold erased data: every archive of the tenant made before the
+    /// erasure (an archive about one subject can hold conversations that mention another).
     Exports,
     /// Every remaining row of an erased tenant.
     TenantRows,
@@ -156,7 +155,7 @@ impl Step {
                         crate::exports::remove_tenant_files(runtime, tenant_id).await?;
                         0
                     }
-                    _ => crate::exports::delete_affected(runtime, tenant_id, plan.subject_hash.as_deref()).await?,
+                    _ => crate::exports::delete_all_of_tenant(runtime, tenant_id).await?,
                 };
                 add(counts, "export_archives", deleted);
             }
@@ -271,30 +270,30 @@ pub async fn erase(runtime: &Runtime, principal: &Principal, subject: ErasureSub
 /// Finds what the erasure covers; unknown agents, conversations and end users are not found.
 async fn resolve(runtime: &Runtime, tenant_id: Uuid, subject: ErasureSubject) -> Result<Plan> {
     let mut connection = runtime.database().pool().acquire().await?;
-    let (conversations, subject_hash) = match &subject {
+    let conversations = match &subject {
         ErasureSubject::EndUser(end_user) => {
             drop(connection);
             let conversations = subjects::conversations_of(runtime, tenant_id, end_user).await?;
             if conversations.is_empty() {
                 return Err(Error::UnknownSubject { kind: end_user.kind() });
             }
-            (conversations, Some(end_user.hash(runtime, tenant_id)))
+            conversations
         }
         ErasureSubject::Conversation(conversation_id) => {
             storage::conversations::get(&mut connection, tenant_id, *conversation_id)
                 .await?
                 .ok_or(Error::NotFound { resource: "conversation" })?;
-            (vec![*conversation_id], None)
+            vec![*conversation_id]
         }
         ErasureSubject::Agent(agent_id) => {
             storage::agents::get(&mut connection, tenant_id, *agent_id)
                 .await?
                 .ok_or(Error::NotFound { resource: "agent" })?;
-            (storage::erasure::conversations_of_agent(&mut connection, tenant_id, *agent_id).await?, None)
+            storage::erasure::conversations_of_agent(&mut connection, tenant_id, *agent_id).await?
         }
-        ErasureSubject::Tenant => (storage::erasure::conversations_of_tenant(&mut connection, tenant_id).await?, None),
+        ErasureSubject::Tenant => storage::erasure::conversations_of_tenant(&mut connection, tenant_id).await?,
     };
-    Ok(Plan { tenant_id, subject, conversations, subject_hash })
+    Ok(Plan { tenant_id, subject, conversations })
 }
 
 /// The tenant's erasure receipts, oldest first.

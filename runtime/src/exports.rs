@@ -6,7 +6,8 @@
 //! A job is created (`create`), runs as a background task that records its progress, and
 //! writes the archive under `<data_dir>/exports/<tenant>/` to a temporary name renamed when
 //! complete. Archives hold personal data: they expire after `exports.expire_days` and are
-//! deleted by [`sweep_expired`]; an erasure deletes the archives that may hold what it erased.
+//! deleted by [`sweep_expired`]; an erasure deletes the tenant's archives, which may hold what
+//! it erased.
 //! A node that stops mid-job marks the job failed at the next start ([`recover`]), so no job
 //! stays "running" for ever.
 
@@ -271,13 +272,13 @@ pub async fn sweep_expired(runtime: &Runtime, now: OffsetDateTime) -> Result<u64
     Ok(deleted)
 }
 
-/// Erasure step: deletes the jobs and archives that may hold erased data — every tenant-wide
-/// export, and end-user exports about `subject_hash` (all end-user exports when `None`).
+/// Erasure step: deletes every export job and archive of the tenant, since any of them may
+/// hold erased data (an end user's archive includes conversations that mention others).
 /// Running jobs are stopped: they notice at completion and delete what they wrote.
-pub(crate) async fn delete_affected(runtime: &Runtime, tenant_id: Uuid, subject_hash: Option<&str>) -> Result<u64> {
+pub(crate) async fn delete_all_of_tenant(runtime: &Runtime, tenant_id: Uuid) -> Result<u64> {
     let jobs = {
         let mut connection = runtime.database().pool().acquire().await?;
-        storage::exports::affected_by_erasure(&mut connection, tenant_id, subject_hash).await?
+        storage::exports::live_jobs(&mut connection, tenant_id).await?
     };
     let mut deleted = 0;
     for job_id in jobs {
@@ -632,7 +633,7 @@ async fn write_archive_files(
         }
         drop(connection);
         progress.conversations_done += 1;
-        if progress.conversations_done % PROGRESS_EVERY == 0 {
+        if progress.conversations_done.is_multiple_of(PROGRESS_EVERY) {
             save_progress(runtime, job, &progress).await?;
         }
     }
@@ -731,7 +732,7 @@ async fn write_fine_tuning_files(runtime: &Runtime, job: &ExportJob, work: &Path
             progress.messages += example["messages"].as_array().map(Vec::len).unwrap_or(0) as u64;
             file.write(&example)?;
         }
-        if progress.conversations_done % PROGRESS_EVERY == 0 {
+        if progress.conversations_done.is_multiple_of(PROGRESS_EVERY) {
             save_progress(runtime, job, &progress).await?;
         }
     }
@@ -749,7 +750,8 @@ fn fine_tuning_example(system_prompt: Option<&str>, messages: &[StoredMessage]) 
     let mut pairs = 0;
     for question in messages.iter().filter(|message| message.role == MessageRole::User) {
         let answer = messages.iter().find(|message| {
-            message.reply_to == Some(question.id) && matches!(message.finish_reason.as_deref(), Some("stop" | "length"))
+            message.reply_to == Some(question.id)
+                && matches!(message.finish_reason.as_deref(), Some("stop" | "length" | "no_answer"))
         });
         let (Some(asked), Some(answered)) = (&question.text, answer.and_then(|answer| answer.text.as_ref())) else {
             continue;

@@ -84,8 +84,8 @@ impl Subject {
         }
     }
 
-    /// A keyed hash of the subject within its tenant: stored instead of the identifier, so an
-    /// erasure can find export archives about the same subject without keeping who it was.
+    /// A keyed hash of the subject within its tenant, stored with an export instead of the
+    /// identifier: exports about the same subject can be told apart without keeping who it was.
     pub(crate) fn hash(&self, runtime: &Runtime, tenant_id: Uuid) -> String {
         let message = format!("{tenant_id}/{}/{}", self.kind(), self.value());
         hex::encode(runtime.secrets().sign(SUBJECT_HASH_PURPOSE, message.as_bytes()))

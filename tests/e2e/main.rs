@@ -12,6 +12,7 @@ mod chat_remote;
 mod isolation;
 mod knowledge;
 mod knowledge_binary;
+mod lifecycle;
 mod matrix;
 mod retention;
 mod samples;

@@ -370,6 +370,7 @@ impl Connection {
             }
             Error::InvalidInput { .. } => ("invalid_frame", error.to_string()),
             Error::MessageTooLong { .. }
+            | Error::NotFound { .. }
             | Error::Busy
             | Error::BudgetExceeded { .. }
             | Error::ModelUnavailable(_)

@@ -13,7 +13,7 @@ CREATE TABLE export_jobs (
     subject_kind TEXT,
     -- The subject, sealed with the node's secrets key while the job runs; NULL afterwards.
     subject_sealed TEXT,
-    -- HMAC of the normalised subject, so an erasure finds the archives about its subject.
+    -- HMAC of the normalised subject: tells exports about the same subject apart without storing it.
     subject_hash TEXT,
     -- archive | fine_tuning
     format TEXT NOT NULL,

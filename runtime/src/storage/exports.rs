@@ -196,19 +196,12 @@ pub async fn mark_expired(connection: &mut AnyConnection, tenant_id: Uuid, id: U
     Ok(())
 }
 
-/// Jobs whose archive may hold an erased subject's data: every tenant-wide export, and
-/// end-user exports about `subject_hash` (all of them when `None`).
-pub async fn affected_by_erasure(
-    connection: &mut AnyConnection,
-    tenant_id: Uuid,
-    subject_hash: Option<&str>,
-) -> Result<Vec<Uuid>> {
+/// The tenant's queued, running and ready jobs (an erasure deletes them all).
+pub async fn live_jobs(connection: &mut AnyConnection, tenant_id: Uuid) -> Result<Vec<Uuid>> {
     let rows = sqlx::query(
-        "SELECT id FROM export_jobs WHERE tenant_id = $1 AND status IN ('queued', 'running', 'ready') \
-         AND (scope = 'tenant' OR $2 = '' OR subject_hash = $2)",
+        "SELECT id FROM export_jobs WHERE tenant_id = $1 AND status IN ('queued', 'running', 'ready') ORDER BY id",
     )
     .bind(tenant_id.to_string())
-    .bind(subject_hash.unwrap_or_default())
     .fetch_all(connection)
     .await?;
     rows.iter().map(|row| parse_uuid(&row.try_get::<String, _>("id")?)).collect()
