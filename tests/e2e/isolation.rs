@@ -19,8 +19,9 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
     let (owner_key_b, _) = server.key(&owner_b, "owner").await;
     let document_b = server.document(&owner_b, agent_b["id"].as_str().unwrap(), "Tenant B's zebracanary secret.").await;
 
-    let export_b = crate::matrix::ready_export(&server, &owner_b).await;
+    // The receipt first: an erasure deletes the tenant's earlier exports.
     let erasure_b = crate::matrix::erasure_receipt(&server, &owner_b, agent_b["public_id"].as_str().unwrap()).await;
+    let export_b = crate::matrix::ready_export(&server, &owner_b).await;
     let agent_b_id = agent_b["id"].as_str().unwrap().to_owned();
     let snapshot = |token: String| {
         let server = &server;

@@ -22,8 +22,45 @@ both_backends!(
     agent_erasure_removes_its_documents_from_the_index,
     erasure_racing_an_answer_being_written,
     fine_tuning_needs_the_opt_in_and_is_redacted,
-    bad_requests_and_tenant_erasure
+    bad_requests_and_tenant_erasure,
+    expired_archives_are_deleted
 );
+
+async fn expired_archives_are_deleted(backend: Backend) {
+    let Some(server) = TestServer::start_with(backend, |settings| settings.exports.expire_days = 2).await else {
+        return;
+    };
+    let (tenant_id, token) = server.tenant("Expiring").await;
+    let job = export(&server, &token, json!({ "scope": "tenant" })).await;
+    let id = job["id"].as_str().unwrap();
+    let expires = time::OffsetDateTime::parse(
+        job["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let completed = time::OffsetDateTime::parse(
+        job["completed_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(expires - completed, time::Duration::days(2));
+    let archive = server.data_dir.path().join("exports").join(&tenant_id).join(format!("{id}.zip"));
+    assert!(archive.exists());
+
+    let now = time::OffsetDateTime::now_utc();
+    assert_eq!(parley_runtime::exports::sweep_expired(&server.runtime, now).await.unwrap(), 0);
+    let later = now + time::Duration::days(3);
+    assert_eq!(parley_runtime::exports::sweep_expired(&server.runtime, later).await.unwrap(), 1);
+    assert!(!archive.exists());
+    let (_, job) = server.get(&format!("/admin/v1/exports/{id}"), &token).await;
+    assert_eq!((job["status"].as_str(), job["download_url"].as_str()), (Some("expired"), None));
+    let (status, problem) = server.get(&format!("/admin/v1/exports/{id}/download"), &token).await;
+    assert_eq!((status, problem["code"].as_str()), (409, Some("conflict")), "{problem}");
+    assert_eq!(parley_runtime::exports::sweep_expired(&server.runtime, later).await.unwrap(), 0);
+    let (_, audit) = server.get("/admin/v1/audit-log?limit=200", &token).await;
+    assert!(audit["items"].as_array().unwrap().iter().any(|entry| entry["action"] == "export.expire"));
+    server.stop().await;
+}
 
 /// Starts an export and polls it until it is ready; returns the job.
 async fn export(server: &TestServer, token: &str, request: Value) -> Value {
@@ -537,5 +574,47 @@ async fn bad_requests_and_tenant_erasure(backend: Backend) {
             assert_eq!(rows_containing(&server, "kb_documents", "tenant_id", &tenant_id).await, 0);
         }
     }
+    server.stop().await;
+}
+
+/// `parley export`, the API client: creates the export, polls it, downloads and checks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_command_downloads_a_checked_archive() {
+    let server = TestServer::start(Backend::Sqlite).await.unwrap();
+    let (_, token) = server.tenant("Command line").await;
+    let agent = server.agent(&token, "Support").await;
+    chat(&server, &agent, "visitor-cli-000001", &["I'm cli.person@example.com, hello"]).await;
+    let directory = tempfile::tempdir().unwrap();
+    let output = directory.path().join("export.zip");
+    let run = |arguments: Vec<String>| {
+        let mut command = crate::common::clean_command();
+        command.arg("export").arg("--server").arg(&server.base).arg("--key").arg(&token).args(arguments);
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+    };
+    let result =
+        run(vec!["--email".into(), "CLI.person@example.com".into(), "--output".into(), output.display().to_string()])
+            .await
+            .unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(result.status.success(), "{stdout}{}", String::from_utf8_lossy(&result.stderr));
+    assert!(stdout.contains("exported 1 conversations, 2 messages"), "{stdout}");
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&output).unwrap()).unwrap();
+    let mut messages = String::new();
+    archive.by_name("messages.ndjson").unwrap().read_to_string(&mut messages).unwrap();
+    assert!(messages.contains("cli.person@example.com"), "{messages}");
+
+    // An unknown end user and a refused fine-tuning export fail with the server's reason.
+    let missing = directory.path().join("missing.zip");
+    let result =
+        run(vec!["--phone".into(), "+1 202 555 0100".into(), "--output".into(), missing.display().to_string()])
+            .await
+            .unwrap();
+    assert!(!result.status.success());
+    assert!(String::from_utf8_lossy(&result.stderr).contains("subject_not_found"), "{result:?}");
+    let result = run(vec!["--format".into(), "fine_tuning".into(), "--output".into(), missing.display().to_string()])
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&result.stderr).contains("model_improvement_off"), "{result:?}");
+    assert!(!missing.exists());
     server.stop().await;
 }
