@@ -37,6 +37,8 @@ const SUBJECT_PURPOSE: &str = "export-subject";
 /// Conversations between progress updates.
 const PROGRESS_EVERY: u64 = 25;
 const PAGE: u32 = 200;
+/// Exports a tenant may have queued or running at once.
+pub const MAX_UNFINISHED: i64 = 2;
 
 /// What an export is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +135,8 @@ pub struct ExportJob {
 
 /// Starts an export job; it runs in the background. End-user exports of a subject the
 /// tenant's conversations never saw fail at once (`subject_not_found`); fine-tuning exports
-/// need the model-improvement opt-in and cover the whole tenant.
+/// need the model-improvement opt-in and cover the whole tenant; a tenant has at most
+/// [`MAX_UNFINISHED`] exports queued or running.
 pub async fn create(
     runtime: &Runtime,
     principal: &Principal,
@@ -177,6 +180,11 @@ pub async fn create(
         expires_at: None,
     };
     let mut transaction = runtime.database().begin().await?;
+    if storage::exports::unfinished_count(&mut transaction, tenant_id).await? >= MAX_UNFINISHED {
+        return Err(Error::Conflict(format!(
+            "{MAX_UNFINISHED} exports are already being prepared; wait for one to finish"
+        )));
+    }
     storage::exports::insert(&mut transaction, &job, sealed.as_deref(), hash.as_deref(), principal.key_id).await?;
     let record = AuditRecord::by_key(principal, "export.create", "export", job.id.to_string()).with_details(json!({
         "scope": scope_name,

@@ -7,7 +7,8 @@
 //! case-insensitively) or phone number (compared by digits: leading zeros dropped, and a
 //! number of at least nine digits matches one that ends with it, so `07700 900123` and
 //! `+44 7700 900123` are the same number). Email addresses and phone numbers are found in the
-//! text with the recognisers of [`crate::redact`].
+//! text with the recognisers of [`crate::redact`], reading the tenant's stored messages page by
+//! page (so such a lookup takes time in proportion to the tenant's transcripts).
 
 use std::collections::BTreeSet;
 

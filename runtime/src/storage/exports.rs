@@ -196,6 +196,16 @@ pub async fn mark_expired(connection: &mut AnyConnection, tenant_id: Uuid, id: U
     Ok(())
 }
 
+/// How many of the tenant's jobs are queued or running.
+pub async fn unfinished_count(connection: &mut AnyConnection, tenant_id: Uuid) -> Result<i64> {
+    let row =
+        sqlx::query("SELECT COUNT(*) AS n FROM export_jobs WHERE tenant_id = $1 AND status IN ('queued', 'running')")
+            .bind(tenant_id.to_string())
+            .fetch_one(connection)
+            .await?;
+    Ok(row.try_get("n")?)
+}
+
 /// The tenant's queued, running and ready jobs (an erasure deletes them all).
 pub async fn live_jobs(connection: &mut AnyConnection, tenant_id: Uuid) -> Result<Vec<Uuid>> {
     let rows = sqlx::query(
