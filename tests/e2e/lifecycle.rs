@@ -59,6 +59,26 @@ async fn expired_archives_are_deleted(backend: Backend) {
     assert_eq!(parley_runtime::exports::sweep_expired(&server.runtime, later).await.unwrap(), 0);
     let (_, audit) = server.get("/admin/v1/audit-log?limit=200", &token).await;
     assert!(audit["items"].as_array().unwrap().iter().any(|entry| entry["action"] == "export.expire"));
+
+    // A job a stopped node left running is marked failed at the next start, its files deleted.
+    let stuck = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO export_jobs (id, tenant_id, scope, format, status, progress_json, created_at) \
+         VALUES ($1, $2, 'tenant', 'archive', 'running', '{}', 0)",
+    )
+    .bind(stuck.to_string())
+    .bind(&tenant_id)
+    .execute(server.runtime.database().pool())
+    .await
+    .unwrap();
+    let partial = server.data_dir.path().join("exports").join(&tenant_id).join(format!("{stuck}.zip.part"));
+    std::fs::write(&partial, b"half an archive").unwrap();
+    assert_eq!(parley_runtime::exports::recover(&server.runtime).await.unwrap(), 1);
+    assert!(!partial.exists());
+    let (_, job) = server.get(&format!("/admin/v1/exports/{stuck}"), &token).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(job["error"].as_str().unwrap().contains("restart"), "{job}");
+    assert_eq!(parley_runtime::exports::recover(&server.runtime).await.unwrap(), 0);
     server.stop().await;
 }
 
