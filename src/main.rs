@@ -19,6 +19,7 @@ use parley_runtime::lock::DataDirLock;
 use parley_runtime::tenants::{self, DemoStatus};
 use parley_runtime::Runtime;
 
+mod export;
 mod ingest;
 mod keys;
 
@@ -58,6 +59,8 @@ enum Command {
     Models(ModelsCommand),
     /// Add files and folders (recursively) to an agent's knowledge base on a running server.
     Ingest(ingest::IngestArgs),
+    /// Export the tenant's data, or everything about one end user, from a running server.
+    Export(export::ExportArgs),
     /// Rebuild search indexes from the database (offline; refused while a server holds the data directory).
     Reindex {
         /// Only this tenant's index; all tenants' when absent.
@@ -159,6 +162,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Keys(command) = cli.command {
         return keys::run(command).await;
     }
+    if let Command::Export(arguments) = cli.command {
+        // A client of a running server, like `ingest`.
+        return export::run(arguments).await;
+    }
     let environment: BTreeMap<String, String> = std::env::vars().collect();
     let overrides = Overrides { listen, data_dir: cli.global.data_dir.clone() };
     let settings = parley_config::load(cli.global.config.as_deref(), &environment, &overrides)?;
@@ -195,7 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.database().close().await;
             Ok(())
         }
-        Command::Ingest(_) | Command::Keys(_) => Ok(()),
+        Command::Ingest(_) | Command::Keys(_) | Command::Export(_) => Ok(()),
     }
 }
 
@@ -308,6 +315,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let recovered = runtime.knowledge().recover().await.context("cannot recover interrupted document writes")?;
     if recovered > 0 {
         tracing::info!(documents = recovered, "recovered interrupted document writes");
+    }
+    let interrupted = parley_runtime::exports::recover(&runtime).await.context("cannot recover export jobs")?;
+    if interrupted > 0 {
+        tracing::warn!(exports = interrupted, "export jobs interrupted by the last stop were marked failed");
     }
     let grace = Duration::from_secs(settings.server.shutdown_grace_seconds);
     let tls = settings.server.tls.enabled();

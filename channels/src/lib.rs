@@ -98,7 +98,16 @@ pub fn router(state: AppState) -> Router {
             get(admin::webhooks::get).patch(admin::webhooks::update).delete(admin::webhooks::delete),
         )
         .route("/webhooks/{webhook_id}/rotate-secret", axum::routing::post(admin::webhooks::rotate_secret))
-        .route("/webhooks/{webhook_id}/deliveries", get(admin::webhooks::deliveries));
+        .route("/webhooks/{webhook_id}/deliveries", get(admin::webhooks::deliveries))
+        .route("/exports", get(admin::exports::list).post(admin::exports::create))
+        .route("/exports/{export_id}", get(admin::exports::get))
+        .route("/exports/{export_id}/download", get(admin::exports::download))
+        .route(
+            "/model-improvement",
+            get(admin::exports::get_model_improvement).put(admin::exports::set_model_improvement),
+        )
+        .route("/erasures", get(admin::erasures::list).post(admin::erasures::create))
+        .route("/erasures/{erasure_id}", get(admin::erasures::get));
 
     Router::new()
         .route("/healthz", get(ops::healthz))

@@ -4,7 +4,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::admin::{
-    agents, analytics, audit, conversations, documents, keys, provider_keys, retention, secrets, tenants, webhooks,
+    agents, analytics, audit, conversations, documents, erasures, exports, keys, provider_keys, retention, secrets,
+    tenants, webhooks,
 };
 use crate::chat;
 use crate::ops;
@@ -28,6 +29,9 @@ use crate::ops;
         analytics::daily, analytics::conversations, analytics::usage,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
         webhooks::rotate_secret, webhooks::deliveries,
+        exports::create, exports::list, exports::get, exports::download,
+        exports::get_model_improvement, exports::set_model_improvement,
+        erasures::create, erasures::list, erasures::get,
         chat::widget_appearance, chat::openai::completions, chat::openai::models,
     ),
     components(schemas(crate::problem::Problem)),
@@ -44,6 +48,7 @@ use crate::ops;
         (name = "secrets", description = "The node's secrets key (operator)"),
         (name = "analytics", description = "Conversation analytics per conversation and per agent per day; the tenant's usage for billing"),
         (name = "webhooks", description = "Signed event notifications to the tenant's endpoints, with their delivery logs (docs/webhooks.md)"),
+        (name = "data protection", description = "Exports (data portability), erasures (the right to be forgotten) and the model-improvement opt-in"),
         (name = "provider keys", description = "Tenants' API keys for remote model providers (never returned)"),
         (name = "chat", description = "Visitor-facing chat: the widget's appearance and the OpenAI-compatible endpoint (WebSocket chat: docs/chat-protocol.md)"),
     )

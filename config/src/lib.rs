@@ -52,6 +52,7 @@ pub struct Settings {
     pub secrets: SecretSettings,
     pub retention: RetentionSettings,
     pub webhooks: WebhookSettings,
+    pub exports: ExportSettings,
     /// The user's home directory, from `HOME` (not a setting), for default cache paths.
     #[serde(skip)]
     pub home_dir: Option<PathBuf>,
@@ -74,6 +75,7 @@ impl Default for Settings {
             secrets: SecretSettings::default(),
             retention: RetentionSettings::default(),
             webhooks: WebhookSettings::default(),
+            exports: ExportSettings::default(),
             home_dir: None,
         }
     }
@@ -365,6 +367,20 @@ impl Default for WebhookSettings {
     }
 }
 
+/// Data exports (`/admin/v1/exports`): archives hold personal data, so they expire.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSettings {
+    /// Days a finished export archive can be downloaded before it is deleted (1 to 365).
+    pub expire_days: u32,
+}
+
+impl Default for ExportSettings {
+    fn default() -> Self {
+        Self { expire_days: 7 }
+    }
+}
+
 /// The key that encrypts secrets at rest (provider API keys, identity secrets, resume tokens'
 /// signing key).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -470,6 +486,9 @@ impl Settings {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:")) {
                 return Err(invalid("database.url", "must start with postgres://, postgresql:// or sqlite:"));
             }
+        }
+        if !(1..=365).contains(&self.exports.expire_days) {
+            return Err(invalid("exports.expire_days", "must be between 1 and 365"));
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
@@ -666,6 +685,7 @@ pub const SETTING_KEYS: &[&str] = &[
     "webhooks.retry_window_seconds",
     "webhooks.poll_interval_ms",
     "webhooks.max_concurrent_deliveries",
+    "exports.expire_days",
 ];
 
 /// True when `path` names a setting of `Settings`.

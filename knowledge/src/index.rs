@@ -124,6 +124,11 @@ pub enum WriteOp {
     DeleteDocument(Uuid),
     DeleteGeneration(Uuid, i64),
     DeleteAll,
+    /// After committing: merge every segment into one, dropping deleted chunks' postings and
+    /// terms, then delete the segment files no longer used — so deleted text leaves the disk.
+    Compact,
+    /// Closes the index's writer thread (the tenant's index is about to be removed).
+    Close,
 }
 
 /// An open tenant index: the index and a reader reloaded after each commit.
@@ -256,6 +261,7 @@ impl TenantIndex {
             WriteOp::DeleteAll => {
                 writer.delete_all_documents()?;
             }
+            WriteOp::Compact | WriteOp::Close => {}
         }
         Ok(())
     }
@@ -412,6 +418,17 @@ impl Indexes {
             while let Ok(job) = receiver.try_recv() {
                 jobs.push(job);
             }
+            if jobs.iter().any(|job| job.operations.iter().any(|operation| matches!(operation, WriteOp::Close))) {
+                if let Some((_, index_writer)) = writer.take() {
+                    if let Err(error) = index_writer.wait_merging_threads() {
+                        tracing::warn!(error = %error, tenant_id = %tenant_id, "closing an index writer failed");
+                    }
+                }
+                for job in jobs {
+                    let _ = job.reply.send(Ok(()));
+                }
+                break;
+            }
             let result = self.commit_jobs(tenant_id, &mut writer, &jobs);
             for job in jobs {
                 let reply = match &result {
@@ -452,6 +469,14 @@ impl Indexes {
             return Err(error);
         }
         index_writer.commit()?;
+        let compact =
+            jobs.iter().any(|job| job.operations.iter().any(|operation| matches!(operation, WriteOp::Compact)));
+        if compact {
+            self.compact(writer)?;
+        }
+        let Some((index, _)) = writer.as_ref() else {
+            return Err(KnowledgeError::Task("index writer missing".to_owned()));
+        };
         index.reader.reload()?;
         // The cache may hold a newer handle opened by a search; reload that one too.
         if let Some(cached) = self.lock_readers().peek(&tenant_id) {
@@ -459,6 +484,44 @@ impl Indexes {
                 cached.reader.reload()?;
             }
         }
+        Ok(())
+    }
+}
+
+impl Indexes {
+    /// Merges all of an index's segments into one (without deleted chunks) and removes the
+    /// files of the old segments. The writer is first closed once its background merges end, so
+    /// no merge holds a segment this one needs.
+    fn compact(&self, writer: &mut Option<(Arc<TenantIndex>, IndexWriter)>) -> Result<()> {
+        let Some((index, index_writer)) = writer.take() else {
+            return Err(KnowledgeError::Task("index writer missing".to_owned()));
+        };
+        index_writer.wait_merging_threads()?;
+        let mut index_writer = open_writer(&index.index, self.inner.writer_memory_bytes)?;
+        let segments = index.index.searchable_segment_ids()?;
+        if !segments.is_empty() {
+            index_writer.merge(&segments).wait()?;
+        }
+        index_writer.garbage_collect_files().wait()?;
+        *writer = Some((index, index_writer));
+        Ok(())
+    }
+
+    /// Removes a tenant's index: closes its writer, forgets its open reader and deletes its
+    /// directory. Searches already running finish on the files they hold open.
+    pub async fn remove(&self, tenant_id: Uuid) -> Result<()> {
+        let directory = self.directory(tenant_id);
+        if directory.exists() {
+            self.write(tenant_id, vec![WriteOp::Close]).await?;
+        }
+        self.lock_writers().pop(&tenant_id);
+        self.lock_readers().pop(&tenant_id);
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&directory) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        })
+        .await
+        .map_err(|error| KnowledgeError::Task(error.to_string()))??;
         Ok(())
     }
 }

@@ -395,6 +395,23 @@ impl KnowledgeBase {
         Ok(())
     }
 
+    /// Makes deletions physical in the tenant's index: merges its segments without the deleted
+    /// chunks and removes the old segment files, so deleted text is gone from the disk.
+    pub async fn compact(&self, tenant_id: Uuid) -> Result<()> {
+        if !self.indexes.directory(tenant_id).exists() {
+            return Ok(());
+        }
+        self.indexes.write(tenant_id, vec![WriteOp::Compact]).await
+    }
+
+    /// Removes the tenant's whole index directory and its vectors from memory (the tenant's
+    /// rows are deleted by the caller).
+    pub async fn remove_tenant(&self, tenant_id: Uuid) -> Result<()> {
+        self.indexes.remove(tenant_id).await?;
+        self.dense.forget(tenant_id);
+        Ok(())
+    }
+
     /// Ranks the agent's passages for a query, with citations.
     pub async fn search(&self, request: &SearchRequest) -> Result<Vec<SearchHit>> {
         let query = request.query.trim().to_owned();

@@ -51,7 +51,7 @@ impl Role {
         use Permission::*;
         match self {
             Role::Owner => true,
-            Role::Admin => !matches!(permission, ManageOwnerKeys | DeleteTenant),
+            Role::Admin => !matches!(permission, ManageOwnerKeys | DeleteTenant | ManageDataUse),
             Role::Editor => {
                 matches!(permission, ReadTenant | ReadAgents | WriteAgents | ReadKnowledge | WriteKnowledge)
             }
@@ -87,6 +87,12 @@ pub enum Permission {
     ReadWebhooks,
     ManageWebhooks,
     Chat,
+    /// Export the tenant's data or an end user's (`/admin/v1/exports`).
+    ExportData,
+    /// Erase an end user's, a conversation's or an agent's data (`/admin/v1/erasures`).
+    EraseData,
+    /// Decide whether the tenant's conversations may be used to improve models.
+    ManageDataUse,
 }
 
 impl Permission {
@@ -109,6 +115,9 @@ impl Permission {
             Permission::ReadWebhooks => "read webhooks and their delivery logs",
             Permission::ManageWebhooks => "create, change or delete webhooks",
             Permission::Chat => "talk to agents",
+            Permission::ExportData => "export data",
+            Permission::EraseData => "erase data",
+            Permission::ManageDataUse => "change the model-improvement setting",
         }
     }
 }

@@ -78,6 +78,12 @@ pub enum Error {
     MessageTooLong { max_chars: usize },
     #[error("an answer is still being written in this conversation")]
     Busy,
+    /// An export or erasure names an end user the tenant's conversations never saw.
+    #[error("no conversations found for this {kind}")]
+    UnknownSubject { kind: &'static str },
+    /// Fine-tuning data was requested while the tenant's model-improvement opt-in is off.
+    #[error("model improvement is off for this tenant: its conversations are used only to answer its own visitors; the owner can turn it on at /admin/v1/model-improvement")]
+    ModelImprovementOff,
 }
 
 impl Error {
@@ -99,6 +105,8 @@ impl Error {
             Error::BudgetExceeded { .. } => ErrorKind::BudgetExceeded,
             Error::MessageTooLong { .. } => ErrorKind::TooLarge,
             Error::Busy => ErrorKind::Conflict,
+            Error::UnknownSubject { .. } => ErrorKind::NotFound,
+            Error::ModelImprovementOff => ErrorKind::PermissionDenied,
             Error::ModelUnavailable(_) => ErrorKind::ModelUnavailable,
             Error::Provider(_) => ErrorKind::ProviderFailed,
             Error::Timeout { .. } => ErrorKind::Timeout,
@@ -138,6 +146,8 @@ impl Error {
             Error::BudgetExceeded { .. } => "budget_exceeded",
             Error::MessageTooLong { .. } => "message_too_long",
             Error::Busy => "busy",
+            Error::UnknownSubject { .. } => "subject_not_found",
+            Error::ModelImprovementOff => "model_improvement_off",
             Error::ModelUnavailable(_) => "model_unavailable",
             Error::Provider(_) => "provider_error",
             Error::Timeout { .. } => "timeout",

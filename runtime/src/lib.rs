@@ -17,7 +17,9 @@ pub mod auth;
 pub mod backup;
 pub mod chat;
 pub mod documents;
+pub mod erasure;
 pub mod error;
+pub mod exports;
 pub mod keyring;
 pub mod keys;
 pub mod lock;
@@ -28,6 +30,7 @@ pub mod redact;
 pub mod retention;
 pub mod secrets;
 pub mod storage;
+pub mod subjects;
 pub mod tenants;
 pub mod webhooks;
 

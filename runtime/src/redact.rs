@@ -166,6 +166,18 @@ pub fn redact(text: &str) -> Redacted {
 
 type Recogniser = fn(&[char]) -> Vec<Range<usize>>;
 
+/// The personal data of one kind in `text`, as written (e.g. every email address a message
+/// mentions). Finds what one redaction pass of that kind would replace.
+pub fn find(text: &str, kind: PiiKind) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    PASSES
+        .iter()
+        .filter(|(pass_kind, _)| *pass_kind == kind)
+        .flat_map(|(_, recognise)| recognise(&chars))
+        .map(|range| chars[range].iter().collect())
+        .collect()
+}
+
 /// The passes, most specific first.
 const PASSES: [(PiiKind, Recogniser); 6] = [
     (PiiKind::Email, find_emails),

@@ -102,6 +102,8 @@ pub struct SweepReport {
     pub audit_entries: u64,
     /// Per-conversation analytics rows (daily aggregates are kept).
     pub analytics_conversations: u64,
+    /// Export archives past their download window (`exports.expire_days`).
+    pub export_archives: u64,
 }
 
 /// Deletes everything whose retention window has passed at `now`, for every tenant.
@@ -125,6 +127,7 @@ pub async fn sweep(runtime: &Runtime, now: OffsetDateTime) -> Result<SweepReport
         }
         after = Some(last);
     }
+    report.export_archives = crate::exports::sweep_expired(runtime, now).await?;
     if report.conversations + report.messages + report.audit_entries + report.analytics_conversations > 0 {
         runtime.database().checkpoint().await?;
     }

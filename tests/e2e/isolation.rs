@@ -20,6 +20,9 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
     let document_b = server.document(&owner_b, agent_b["id"].as_str().unwrap(), "Tenant B's zebracanary secret.").await;
     let webhook_b = webhook(&server, &owner_b).await;
 
+    // The receipt first: an erasure deletes the tenant's earlier exports.
+    let erasure_b = crate::matrix::erasure_receipt(&server, &owner_b, agent_b["public_id"].as_str().unwrap()).await;
+    let export_b = crate::matrix::ready_export(&server, &owner_b).await;
     let agent_b_id = agent_b["id"].as_str().unwrap().to_owned();
     let snapshot = |token: String| {
         let server = &server;
@@ -59,7 +62,9 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
             .replace("{key_id}", key_id)
             .replace("{document_id}", &document_b)
             .replace("{conversation_id}", &conversation_b)
-            .replace("{webhook_id}", &webhook_b);
+            .replace("{webhook_id}", &webhook_b)
+            .replace("{export_id}", &export_b)
+            .replace("{erasure_id}", &erasure_b);
         let (status, problem) = server.call(route.method.clone(), &path, Some(&owner_a), body(route.case)).await;
         assert_eq!(
             (status, problem["code"].as_str()),
@@ -70,7 +75,7 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
         );
         walked += 1;
     }
-    assert_eq!(walked, 19);
+    assert_eq!(walked, 22);
     // A's own agent with B's document id is not found either.
     let own_agent = agent_a["id"].as_str().unwrap();
     for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
@@ -116,6 +121,10 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
     }
     assert!(server.get("/admin/v1/agents", &owner_a).await.1.to_string().contains(agent_a["id"].as_str().unwrap()));
 
+    // B's export and erasure receipt are still there, unchanged.
+    for path in [format!("/admin/v1/exports/{export_b}"), format!("/admin/v1/erasures/{erasure_b}")] {
+        assert_eq!(server.get(&path, &owner_b).await.0, 200, "{path}");
+    }
     let after = snapshot(owner_b.clone()).await;
     assert_eq!(before, after, "tenant B changed");
     assert_eq!(server.get("/admin/v1/agents", &viewer_b).await.0, 200, "B's keys still work");

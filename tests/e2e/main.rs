@@ -15,6 +15,7 @@ mod isolation;
 mod keyring;
 mod knowledge;
 mod knowledge_binary;
+mod lifecycle;
 mod matrix;
 mod retention;
 mod samples;

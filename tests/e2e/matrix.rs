@@ -39,6 +39,50 @@ pub enum Case {
     SetRetention,
     NewWebhook,
     UpdateWebhook,
+    NewExport,
+    ExportTarget,
+    SetModelImprovement,
+    EraseVisitor,
+    ErasureTarget,
+}
+
+/// The visitor id the matrix's erasure fixture chats as.
+pub const MATRIX_VISITOR: &str = "matrix-visitor-0001";
+
+/// A tenant-wide export, polled until its archive is ready; returns its id.
+pub async fn ready_export(server: &TestServer, token: &str) -> String {
+    let (status, job) = server.post("/admin/v1/exports", token, json!({ "scope": "tenant" })).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    for _ in 0..400 {
+        let (_, job) = server.get(&format!("/admin/v1/exports/{id}"), token).await;
+        if job["status"] == "ready" {
+            return id;
+        }
+        assert!(["queued", "running"].contains(&job["status"].as_str().unwrap()), "{job}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the export did not finish in time");
+}
+
+/// Opens a conversation with the agent as `visitor_id`; returns its id.
+pub async fn conversation(server: &TestServer, public_id: &str, visitor_id: &str) -> String {
+    let mut chat = crate::chat::ChatClient::connect(&server.base, public_id, None).await.unwrap();
+    chat.hello(json!({ "visitor_id": visitor_id })).await["conversation_id"].as_str().unwrap().to_owned()
+}
+
+/// The public id of an agent.
+async fn public_id(server: &TestServer, token: &str, agent_id: &str) -> String {
+    server.get(&format!("/admin/v1/agents/{agent_id}"), token).await.1["public_id"].as_str().unwrap().to_owned()
+}
+
+/// Erases a fresh conversation with the agent; returns the receipt's id.
+pub async fn erasure_receipt(server: &TestServer, token: &str, public_id: &str) -> String {
+    let conversation_id = conversation(server, public_id, "matrix-erased-0001").await;
+    let (status, receipt) =
+        server.post("/admin/v1/erasures", token, json!({ "subject": { "conversation_id": conversation_id } })).await;
+    assert_eq!(status, 200, "{receipt}");
+    receipt["id"].as_str().unwrap().to_owned()
 }
 
 const READERS: &[&str] = &["owner", "admin", "editor", "viewer"];
@@ -103,6 +147,15 @@ pub fn routes() -> Vec<Route> {
         route(Method::DELETE, "/admin/v1/webhooks/{webhook_id}", Plain, KEY_MANAGERS),
         route(Method::POST, "/admin/v1/webhooks/{webhook_id}/rotate-secret", Plain, KEY_MANAGERS),
         route(Method::GET, "/admin/v1/webhooks/{webhook_id}/deliveries", Plain, KEY_MANAGERS),
+        route(Method::GET, "/admin/v1/exports", Plain, KEY_MANAGERS),
+        route(Method::POST, "/admin/v1/exports", NewExport, KEY_MANAGERS),
+        route(Method::GET, "/admin/v1/exports/{export_id}", ExportTarget, KEY_MANAGERS),
+        route(Method::GET, "/admin/v1/exports/{export_id}/download", ExportTarget, KEY_MANAGERS),
+        route(Method::GET, "/admin/v1/model-improvement", Plain, READERS),
+        route(Method::PUT, "/admin/v1/model-improvement", SetModelImprovement, &["owner"]),
+        route(Method::GET, "/admin/v1/erasures", Plain, KEY_MANAGERS),
+        route(Method::POST, "/admin/v1/erasures", EraseVisitor, KEY_MANAGERS),
+        route(Method::GET, "/admin/v1/erasures/{erasure_id}", ErasureTarget, KEY_MANAGERS),
         // Operator only: no tenant key of any role.
         route(Method::GET, "/admin/v1/tenants", Plain, &[]),
         route(Method::POST, "/admin/v1/tenants", NewTenant, &[]),
@@ -131,7 +184,15 @@ pub fn body(case: Case) -> Option<Value> {
         }
         Case::NewWebhook => Some(json!({ "url": WEBHOOK_URL, "event_types": ["message.created"] })),
         Case::UpdateWebhook => Some(json!({ "description": "changed" })),
-        Case::Plain | Case::ViewerKeyTarget | Case::OwnerKeyTarget | Case::ConversationTarget => None,
+        Case::NewExport => Some(json!({ "scope": "tenant" })),
+        Case::SetModelImprovement => Some(json!({ "enabled": false })),
+        Case::EraseVisitor => Some(json!({ "subject": { "visitor_id": MATRIX_VISITOR } })),
+        Case::Plain
+        | Case::ViewerKeyTarget
+        | Case::OwnerKeyTarget
+        | Case::ConversationTarget
+        | Case::ExportTarget
+        | Case::ErasureTarget => None,
     }
 }
 
@@ -168,6 +229,16 @@ async fn every_role_on_every_route(backend: Backend) {
             };
             let webhook_id =
                 if route.path.contains("{webhook_id}") { webhook(&server, &owner).await } else { String::new() };
+            let export_id =
+                if route.case == Case::ExportTarget { ready_export(&server, &owner).await } else { String::new() };
+            if route.case == Case::EraseVisitor {
+                conversation(&server, &public_id(&server, &owner, &agent_id).await, MATRIX_VISITOR).await;
+            }
+            let erasure_id = if route.case == Case::ErasureTarget {
+                erasure_receipt(&server, &owner, &public_id(&server, &owner, &agent_id).await).await
+            } else {
+                String::new()
+            };
             if route.case == Case::ProviderKeyTarget {
                 let (status, _) =
                     server.call(Method::PUT, "/admin/v1/provider-keys/anthropic", Some(&owner), body(route.case)).await;
@@ -180,6 +251,8 @@ async fn every_role_on_every_route(backend: Backend) {
                 .replace("{document_id}", &document_id)
                 .replace("{conversation_id}", &conversation_id)
                 .replace("{provider}", "anthropic")
+                .replace("{export_id}", &export_id)
+                .replace("{erasure_id}", &erasure_id)
                 .replace("{tenant_id}", &tenant_id)
                 .replace("{webhook_id}", &webhook_id);
             let body = if route.method == Method::DELETE { None } else { body(route.case) };

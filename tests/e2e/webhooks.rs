@@ -182,6 +182,7 @@ both_backends!(
     a_hanging_endpoint_costs_a_bounded_wait_and_loses_nothing,
     persistent_failure_disables_the_endpoint,
     private_targets_are_refused,
+    exports_and_erasures_are_announced_and_erased_conversations_are_never_sent,
 );
 
 async fn events_arrive_signed_complete_and_in_order_after_an_outage(backend: Backend) {
@@ -451,5 +452,54 @@ async fn private_targets_are_refused(backend: Backend) {
     let (_, list) = server.get("/admin/v1/webhooks", &token).await;
     assert!(list["items"].as_array().unwrap().is_empty());
     assert_eq!(server.audit_count(&token).await, before, "refused input writes nothing");
+    server.stop().await;
+}
+
+/// `export.ready` and `erasure.completed` arrive signed; events about an erased conversation
+/// that were still waiting in the outbox are deleted with it and never sent.
+async fn exports_and_erasures_are_announced_and_erased_conversations_are_never_sent(backend: Backend) {
+    if !python_available() {
+        return;
+    }
+    let Some((server, worker)) = server(backend, 300).await else { return };
+    let (_, token) = server.tenant("Forgetting").await;
+    let agent = chat_agent(&server, &token).await;
+    let port = free_port();
+    let (_, secret) = create_webhook(
+        &server,
+        &token,
+        &format!("http://127.0.0.1:{port}/hooks"),
+        &["message.created", "export.ready", "erasure.completed"],
+    )
+    .await;
+
+    // The receiver is down: the conversation's events wait in the outbox.
+    let erased = converse(&server, &agent, "forget-me").await;
+    let (status, receipt) =
+        server.post("/admin/v1/erasures", &token, json!({ "subject": { "conversation_id": erased } })).await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(receipt["counts"]["webhook_events"], 4, "{receipt}");
+    let (status, job) = server.post("/admin/v1/exports", &token, json!({ "scope": "tenant" })).await;
+    assert_eq!(status, 202, "{job}");
+    let export_id = job["id"].as_str().unwrap().to_owned();
+
+    let directory = tempfile::tempdir().unwrap();
+    let log = directory.path().join("received.jsonl");
+    let receiver = Receiver::start(port, &secret, &log).await;
+    let entries = wait_for(&log, 2, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let entries = if received(&log).len() > entries.len() { received(&log) } else { entries };
+    assert_all_verified_once(&entries);
+    let mut types: Vec<&str> = entries.iter().map(|entry| entry["type"].as_str().unwrap()).collect();
+    types.sort_unstable();
+    assert_eq!(types, ["erasure.completed", "export.ready"], "{entries:#?}");
+    let erasure = entries.iter().find(|entry| entry["type"] == "erasure.completed").unwrap();
+    assert_eq!(erasure["data"]["erasure_id"], receipt["id"]);
+    assert_eq!(erasure["data"]["subject_kind"], "conversation");
+    let export = entries.iter().find(|entry| entry["type"] == "export.ready").unwrap();
+    assert_eq!(export["data"]["export_id"], export_id.as_str());
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("forget-me"), "nothing of the erased conversation");
+    receiver.stop().await;
+    worker.stop().await;
     server.stop().await;
 }

@@ -6,6 +6,8 @@ pub mod analytics;
 pub mod audit;
 pub mod conversations;
 pub mod documents;
+pub mod erasures;
+pub mod exports;
 pub mod keys;
 pub mod provider_keys;
 pub mod retention;

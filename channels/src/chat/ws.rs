@@ -376,6 +376,7 @@ impl Connection {
             }
             Error::InvalidInput { .. } => ("invalid_frame", error.to_string()),
             Error::MessageTooLong { .. }
+            | Error::NotFound { .. }
             | Error::Busy
             | Error::BudgetExceeded { .. }
             | Error::ModelUnavailable(_)

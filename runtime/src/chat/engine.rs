@@ -12,7 +12,7 @@
 //! and token counts → count the tokens against the budget and add the turn to analytics
 //! (`analytics::record_turn`, with the visitor message's sentiment scored in memory).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -117,6 +117,8 @@ pub struct ChatEngine {
     live: Mutex<HashMap<Uuid, Arc<LiveTurn>>>,
     /// The visitor message being answered, by conversation.
     busy: Mutex<HashMap<Uuid, Uuid>>,
+    /// Conversations being erased: no new turn starts in them.
+    erasing: Mutex<HashSet<Uuid>>,
     visitor_limiter: InMemoryRateLimiter,
     agent_limiter: InMemoryRateLimiter,
     observer: Mutex<Option<Arc<dyn TurnObserver>>>,
@@ -135,6 +137,7 @@ impl ChatEngine {
         Self {
             live: Mutex::default(),
             busy: Mutex::default(),
+            erasing: Mutex::default(),
             visitor_limiter: InMemoryRateLimiter::new(
                 per_minute(settings.visitor_messages_per_minute),
                 settings.visitor_messages_per_minute,
@@ -154,6 +157,38 @@ impl ChatEngine {
     /// Turns in progress on this node.
     pub fn live_turns(&self) -> usize {
         lock(&self.live).len()
+    }
+
+    /// Erasure: stops new turns in these conversations and cancels the ones running; returns
+    /// how many were running. [`ChatEngine::answering`] tells when they have ended.
+    pub(crate) fn hold(&self, conversations: &[Uuid]) -> usize {
+        lock(&self.erasing).extend(conversations.iter().copied());
+        let running: Vec<Uuid> = {
+            let busy = lock(&self.busy);
+            conversations.iter().filter_map(|conversation| busy.get(conversation).copied()).collect()
+        };
+        let live = lock(&self.live);
+        for user_message_id in &running {
+            if let Some(turn) = live.get(user_message_id) {
+                turn.cancel.send_replace(true);
+            }
+        }
+        running.len()
+    }
+
+    /// How many of these conversations still have a turn running.
+    pub(crate) fn answering(&self, conversations: &[Uuid]) -> usize {
+        let busy = lock(&self.busy);
+        conversations.iter().filter(|conversation| busy.contains_key(conversation)).count()
+    }
+
+    /// Erasure done (or given up): the conversations are no longer held. Erased ones are gone
+    /// from the database, which then refuses their messages.
+    pub(crate) fn release(&self, conversations: &[Uuid]) {
+        let mut erasing = lock(&self.erasing);
+        for conversation in conversations {
+            erasing.remove(conversation);
+        }
     }
 
     fn subscribe(&self, user_message_id: Uuid) -> Option<TurnSubscription> {
@@ -230,13 +265,25 @@ pub async fn submit(runtime: &Runtime, session: &Session, message: UserMessage) 
     // request waiting for a second one, the pool would deadlock under load.
     drop(connection);
 
+    if lock(&engine.erasing).contains(&conversation.id) {
+        return Err(conversation_erased());
+    }
     let user = visitor_message(session, &text, client_message_id);
     let history = history_for(runtime, session, None).await?;
     {
         let mut transaction = runtime.database().begin().await?;
+        // Touch first: an erased conversation is gone, and its message is refused.
+        if !storage::conversations::touch(
+            &mut transaction,
+            conversation.tenant_id,
+            conversation.id,
+            storage::now_millis(),
+        )
+        .await?
+        {
+            return Err(conversation_erased());
+        }
         storage::conversations::insert_message(&mut transaction, &user).await?;
-        storage::conversations::touch(&mut transaction, conversation.tenant_id, conversation.id, storage::now_millis())
-            .await?;
         message_created(&mut transaction, session.agent.id, &user).await?;
         transaction.commit().await?;
     }
@@ -449,6 +496,9 @@ async fn start_turn(
         let mut busy = lock(&engine.busy);
         if busy.contains_key(&conversation_id) {
             return Err(Error::Busy);
+        }
+        if lock(&engine.erasing).contains(&conversation_id) {
+            return Err(conversation_erased());
         }
         busy.insert(conversation_id, user.id);
     }
@@ -766,10 +816,14 @@ async fn store_reply(
     sentiment: Option<f64>,
 ) -> Result<()> {
     let mut transaction = runtime.database().begin().await?;
+    if !storage::conversations::touch(&mut transaction, reply.tenant_id, reply.conversation_id, storage::now_millis())
+        .await?
+    {
+        tracing::info!(conversation_id = %reply.conversation_id, "the conversation was erased while answering");
+        return Ok(());
+    }
     storage::conversations::insert_message(&mut transaction, reply).await?;
     message_created(&mut transaction, session.agent.id, reply).await?;
-    storage::conversations::touch(&mut transaction, reply.tenant_id, reply.conversation_id, storage::now_millis())
-        .await?;
     let tokens = i64::from(reply.prompt_tokens) + i64::from(reply.completion_tokens);
     if tokens > 0 {
         storage::usage::add(&mut transaction, reply.tenant_id, &today(), tokens).await?;
@@ -828,6 +882,11 @@ fn limiter_key(parts: &[&[u8]]) -> Uuid {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     Uuid::from_bytes(bytes)
+}
+
+/// What a visitor is told when their conversation was erased.
+fn conversation_erased() -> Error {
+    Error::NotFound { resource: "conversation" }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -42,14 +42,15 @@ pub async fn get(connection: &mut AnyConnection, tenant_id: Uuid, id: Uuid) -> R
     row.map(|row| decode_conversation(&row)).transpose()
 }
 
-pub async fn touch(connection: &mut AnyConnection, tenant_id: Uuid, id: Uuid, now: i64) -> Result<()> {
-    sqlx::query("UPDATE conversations SET last_activity_at = $1 WHERE tenant_id = $2 AND id = $3")
+/// Records activity; returns false when the conversation no longer exists (erased).
+pub async fn touch(connection: &mut AnyConnection, tenant_id: Uuid, id: Uuid, now: i64) -> Result<bool> {
+    let result = sqlx::query("UPDATE conversations SET last_activity_at = $1 WHERE tenant_id = $2 AND id = $3")
         .bind(now)
         .bind(tenant_id.to_string())
         .bind(id.to_string())
         .execute(connection)
         .await?;
-    Ok(())
+    Ok(result.rows_affected() == 1)
 }
 
 pub async fn list(

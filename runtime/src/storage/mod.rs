@@ -9,6 +9,8 @@ pub mod analytics;
 pub mod audit;
 pub mod backup;
 pub mod conversations;
+pub mod erasure;
+pub mod exports;
 pub mod keys;
 pub mod meta;
 pub mod provider_keys;
