@@ -55,8 +55,14 @@ async fn expired_transcripts_and_audit_entries_are_deleted(backend: Backend) {
     let report = parley_runtime::retention::sweep(&server.runtime, OffsetDateTime::now_utc()).await.unwrap();
     assert_eq!((report.conversations, report.messages, report.audit_entries), (0, 0, 0));
 
-    // Two days later: the short-memory conversation is gone with its messages, the other stays.
-    let later = OffsetDateTime::now_utc() + Duration::days(2);
+    // A minute inside the one-day window (counted from the last message) it stays.
+    let last_activity = OffsetDateTime::now_utc();
+    let inside = last_activity + Duration::days(1) - Duration::minutes(1);
+    let report = parley_runtime::retention::sweep(&server.runtime, inside).await.unwrap();
+    assert_eq!((report.conversations, report.messages), (0, 0), "{report:?}");
+
+    // A second past it, the short-memory conversation is gone with its messages, the other stays.
+    let later = last_activity + Duration::days(1) + Duration::seconds(1);
     let report = parley_runtime::retention::sweep(&server.runtime, later).await.unwrap();
     assert_eq!((report.conversations, report.messages), (1, 2), "{report:?}");
     let (status, _) = server.get(&format!("/admin/v1/conversations/{short_conversation}"), &token).await;
