@@ -92,8 +92,13 @@ fn checked_text<'a>(voice: &str, text: &'a str) -> Result<&'a str, ModelError> {
 /// Runs `espeak-ng ARGS` with `text` on its standard input (never a shell, never an argument),
 /// within [`ESPEAK_TIMEOUT`]; returns its standard output.
 fn run_espeak(args: &[&str], text: &str) -> Result<Vec<u8>, ModelError> {
-    let failed = |reason: String| ModelError::Inference { model: ESPEAK_PROGRAM.to_owned(), reason };
-    let mut child = Command::new(ESPEAK_PROGRAM)
+    run_program(ESPEAK_PROGRAM, args, text)
+}
+
+/// Runs `program ARGS --stdin` as [`run_espeak`] describes.
+fn run_program(program: &str, args: &[&str], text: &str) -> Result<Vec<u8>, ModelError> {
+    let failed = |reason: String| ModelError::Inference { model: program.to_owned(), reason };
+    let mut child = Command::new(program)
         .args(args)
         .arg("--stdin")
         .stdin(Stdio::piped())
@@ -190,7 +195,7 @@ impl EspeakVoice {
     /// Synthesises on the calling thread.
     pub fn synthesize_blocking(&self, text: &str) -> Result<Audio, ModelError> {
         let text = checked_text(&self.id, text)?;
-        let wav = run_espeak(&["-q", "--stdout", "-v", &self.voice], text)?;
+        let wav = run_espeak(&["--stdout", "-v", &self.voice], text)?;
         parse_wav(&wav).map_err(|reason| ModelError::Inference { model: self.id.clone(), reason })
     }
 }
@@ -263,6 +268,68 @@ pub fn parse_wav(bytes: &[u8]) -> Result<Audio, String> {
         at = body.saturating_add(size as usize).saturating_add(size as usize % 2);
     }
     Err("no data chunk".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wav(channels: u16, bits: u16, rate: u32, samples: &[i16], data_size: Option<u32>) -> Vec<u8> {
+        let data: Vec<u8> = samples.iter().flat_map(|sample| sample.to_le_bytes()).collect();
+        let mut bytes = b"RIFF".to_vec();
+        bytes.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(b"WAVEfmt ");
+        bytes.extend_from_slice(&16_u32.to_le_bytes());
+        bytes.extend_from_slice(&1_u16.to_le_bytes());
+        bytes.extend_from_slice(&channels.to_le_bytes());
+        bytes.extend_from_slice(&rate.to_le_bytes());
+        bytes.extend_from_slice(&(rate * 2).to_le_bytes());
+        bytes.extend_from_slice(&2_u16.to_le_bytes());
+        bytes.extend_from_slice(&bits.to_le_bytes());
+        bytes.extend_from_slice(b"LIST");
+        bytes.extend_from_slice(&3_u32.to_le_bytes());
+        bytes.extend_from_slice(b"abc\0");
+        bytes.extend_from_slice(b"data");
+        bytes.extend_from_slice(&data_size.unwrap_or(data.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&data);
+        bytes
+    }
+
+    #[test]
+    fn wav_samples_are_read_past_other_chunks() {
+        let audio = parse_wav(&wav(1, 16, 22_050, &[0, 16_384, -32_768], None)).unwrap();
+        assert_eq!(audio, Audio { samples: vec![0.0, 0.5, -1.0], sample_rate: 22_050 });
+        // A streamed WAV's unknown data length runs to the end.
+        let audio = parse_wav(&wav(1, 16, 22_050, &[1, 2], Some(0x7fff_ffff))).unwrap();
+        assert_eq!(audio.samples.len(), 2);
+    }
+
+    #[test]
+    fn odd_wavs_are_refused_with_a_reason() {
+        assert!(parse_wav(b"not audio").unwrap_err().contains("RIFF"));
+        assert!(parse_wav(&wav(2, 16, 22_050, &[0, 0], None)).unwrap_err().contains("2 channels"));
+        let mut truncated = wav(1, 16, 22_050, &[0], None);
+        truncated.truncate(30);
+        assert!(parse_wav(&truncated).is_err());
+    }
+
+    #[test]
+    fn a_missing_program_names_its_package() {
+        let error = run_program("parley-no-such-program", &[], "hello").unwrap_err();
+        assert!(matches!(error, ModelError::MissingProgram { .. }), "{error:?}");
+        let error =
+            ModelError::MissingProgram { program: ESPEAK_PROGRAM.to_owned(), package: ESPEAK_PACKAGE.to_owned() };
+        assert!(error.to_string().contains("Debian package espeak-ng"), "{error}");
+    }
+
+    #[test]
+    fn text_is_checked_before_synthesis() {
+        assert_eq!(checked_text("v", "  Hello.  ").unwrap(), "Hello.");
+        assert!(checked_text("v", " \n ").is_err());
+        assert!(checked_text("v", &"é".repeat(MAX_TEXT_CHARS)).is_ok());
+        assert!(checked_text("v", &"é".repeat(MAX_TEXT_CHARS + 1)).is_err());
+        assert!(matches!(phonemize("en-us --path=/", "x"), Err(ModelError::InvalidRequest { .. })));
+    }
 }
 
 #[cfg(feature = "onnx")]
