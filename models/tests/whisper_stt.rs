@@ -410,14 +410,15 @@ async fn a_full_queue_refuses_and_a_dropped_request_is_cancelled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_audio_and_languages_are_refused_with_a_reason() {
     let Some(stt) = shared() else { return };
-    let cases: Vec<(Arc<[f32]>, Option<&str>, &str)> = vec![
-        (Vec::new().into(), None, "empty"),
-        (vec![0.0, f32::NAN, 0.0].into(), None, "sample 1"),
-        (vec![0.0; 16_000 * 301].into(), None, "at most 300 s"),
-        (vec![0.0; 16_000].into(), Some("de"), "only transcribes English"),
-        (vec![0.0; 16_000].into(), Some("klingon"), "unknown language"),
+    let cases = [
+        (Vec::new(), None, "empty"),
+        (vec![0.0, f32::NAN, 0.0], None, "sample 1"),
+        (vec![0.0; 16_000 * 301], None, "at most 300 s"),
+        (vec![0.0; 16_000], Some("de"), "only transcribes English"),
+        (vec![0.0; 16_000], Some("klingon"), "unknown language"),
     ];
     for (audio, language, expected) in cases {
+        let audio: Arc<[f32]> = audio.into();
         let options = TranscribeOptions { language: language.map(str::to_owned), partial: None };
         let error = stt.transcribe(audio, options).await.unwrap_err();
         assert!(matches!(error, ModelError::InvalidRequest { .. }), "{error:?}");
