@@ -118,7 +118,7 @@ test: setup models llama-server pytools
 	    echo "**************************************************************************"; \
 	  fi; \
 	else echo "PostgreSQL suite runs against TEST_POSTGRES_URL"; fi; \
-	PARLEY_REQUIRE_BROWSER=1 PARLEY_LLAMA_SERVER=$(LLAMA_SERVER) PARLEY_PYTHON=$(VENV)/bin/python cargo test --locked --workspace --all-targets
+	PARLEY_REQUIRE_BROWSER=1 PARLEY_REQUIRE_MODELS=1 PARLEY_LLAMA_SERVER=$(LLAMA_SERVER) PARLEY_PYTHON=$(VENV)/bin/python cargo test --locked --workspace --all-targets
 
 lint:
 	cargo fmt --all -- --check
