@@ -332,7 +332,14 @@ async fn the_jfk_sample_is_transcribed_when_present() {
     };
     let (samples, rate) = read_wav(&bytes);
     let audio: Arc<[f32]> = resample(&samples, rate, STT_SAMPLE_RATE).into();
+    let seconds = audio.len() as f64 / STT_SAMPLE_RATE as f64;
+    let started = Instant::now();
     let transcript = transcribe(stt.as_ref(), audio, TranscribeOptions::default()).await.unwrap();
+    eprintln!(
+        "transcribed {seconds:.2} s of jfk.wav in {:.2} s: {:?}",
+        started.elapsed().as_secs_f64(),
+        transcript.text
+    );
     let reference =
         "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.";
     let wer = word_error_rate(reference, &transcript.text);
