@@ -11,7 +11,7 @@ use crate::error::ModelError;
 #[cfg(feature = "whisper")]
 mod whisper;
 #[cfg(feature = "whisper")]
-pub use whisper::{WhisperOptions, WhisperStt};
+pub use whisper::{WhisperOptions, WhisperStt, ABORTABLE_SAMPLES};
 
 /// The sample rate every [`SpeechToText`] engine takes audio at: 16 kHz mono `f32` in `[-1, 1]`.
 pub const STT_SAMPLE_RATE: u32 = 16_000;

@@ -392,7 +392,15 @@ async fn a_full_queue_refuses_and_a_dropped_request_is_cancelled() {
     let audio = spoken_sentence();
     // One running, one waiting: the third is refused at once.
     let running = stt.transcribe(Arc::clone(&audio), TranscribeOptions::default());
-    let waiting = stt.transcribe(Arc::clone(&audio), TranscribeOptions::default());
+    // Once the worker has taken the first request, exactly one more fits in the queue.
+    let waiting = loop {
+        let mut candidate = stt.transcribe(Arc::clone(&audio), TranscribeOptions::default());
+        match futures::poll!(&mut candidate) {
+            std::task::Poll::Pending => break candidate,
+            std::task::Poll::Ready(Err(ModelError::Busy { .. })) => tokio::time::sleep(Duration::from_millis(10)).await,
+            std::task::Poll::Ready(other) => panic!("the second request should wait, not {other:?}"),
+        }
+    };
     let refused = stt.transcribe(Arc::clone(&audio), TranscribeOptions::default());
     let error = refused.await.unwrap_err();
     assert!(matches!(error, ModelError::Busy { .. }), "{error:?}");
@@ -406,12 +414,17 @@ async fn a_full_queue_refuses_and_a_dropped_request_is_cancelled() {
     assert_eq!(first.text, after.text);
     eprintln!("two transcriptions after the refusal took {:.2} s", started.elapsed().as_secs_f64());
 
-    // A running request dropped part-way: its result is discarded and the worker serves the next one.
-    let long: Arc<[f32]> = audio.iter().copied().cycle().take(audio.len() * 6).collect::<Vec<_>>().into();
+    // A long running request dropped part-way is aborted; the worker serves the next one.
+    let long: Arc<[f32]> =
+        audio.iter().copied().cycle().take(parley_models::stt::ABORTABLE_SAMPLES * 2).collect::<Vec<_>>().into();
     let dropped = stt.transcribe(long, TranscribeOptions::default());
     let _ = tokio::time::timeout(Duration::from_millis(300), dropped).await;
+    let started = Instant::now();
     let again = transcribe_when_free(&stt, audio).await;
     assert_eq!(again.text, first.text);
+    eprintln!("after aborting a long request, the next took {:.2} s", started.elapsed().as_secs_f64());
+    // The waiting request that was skipped and the long one that was aborted.
+    assert_eq!(stt.cancelled(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

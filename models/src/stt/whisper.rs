@@ -3,12 +3,17 @@
 //! One model is loaded once and shared by every caller. A fixed number of worker threads, each
 //! with its own decoding state, take requests from a bounded queue: a full queue refuses a
 //! request at once with [`ModelError::Busy`] instead of growing without bound. Dropping a
-//! request's future cancels it: a queued request is skipped; a running one finishes (at most
-//! `max_audio_seconds` of audio) and its result is discarded, since whisper-rs 0.16's safe abort
-//! callback cannot be used soundly. whisper.cpp's own log lines go to `tracing`, not to stderr.
+//! request's future cancels it: a queued request is skipped; a running one longer than
+//! [`ABORTABLE_SAMPLES`] is aborted at whisper.cpp's next check (shorter ones finish in well
+//! under a second and their result is discarded). whisper.cpp's own log lines go to `tracing`,
+//! not to stderr.
+//!
+//! whisper-rs 0.16 never frees the closures given to `FullParams`' callbacks (a few dozen bytes
+//! each), so they are installed only where they pay for themselves: the abort check for long
+//! audio, the segment callback when the caller asked for partial segments.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -25,6 +30,9 @@ use crate::error::ModelError;
 /// whisper.cpp transcribes nothing from less than a second of audio; shorter clips are padded
 /// with silence to this many samples.
 const MIN_SAMPLES: usize = STT_SAMPLE_RATE as usize * 11 / 10;
+
+/// Requests longer than this (one 30 s Whisper window) can be aborted while they run.
+pub const ABORTABLE_SAMPLES: usize = STT_SAMPLE_RATE as usize * 30;
 
 /// How [`WhisperStt`] runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -83,6 +91,7 @@ pub struct WhisperStt {
     options: WhisperOptions,
     english_only: bool,
     jobs: SyncSender<Job>,
+    cancelled: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for WhisperStt {
@@ -124,26 +133,33 @@ impl WhisperStt {
 
         let (jobs, receiver) = mpsc::sync_channel::<Job>(options.queue_capacity);
         let receiver = Arc::new(Mutex::new(receiver));
+        let cancelled = Arc::new(AtomicU64::new(0));
         for index in 0..options.workers {
             let state =
                 context.create_state().map_err(|error| invalid(format!("cannot create a decoding state ({error})")))?;
             let receiver = Arc::clone(&receiver);
-            let threads = options.threads;
+            let worker = Worker { threads: options.threads, english_only, cancelled: Arc::clone(&cancelled) };
             thread::Builder::new()
                 .name(format!("whisper-{index}"))
-                .spawn(move || worker(state, &receiver, threads, english_only))
+                .spawn(move || worker.serve(state, &receiver))
                 .map_err(|error| ModelError::Inference {
                     model: "whisper".to_owned(),
                     reason: format!("cannot start a worker thread: {error}"),
                 })?;
         }
         tracing::info!(model = %path.display(), english_only, workers = options.workers, threads = options.threads, "whisper model loaded");
-        Ok(Self { model_id, path: path.to_path_buf(), options, english_only, jobs })
+        Ok(Self { model_id, path: path.to_path_buf(), options, english_only, jobs, cancelled })
     }
 
     /// Whether the model only knows English (`*.en` models).
     pub fn english_only(&self) -> bool {
         self.english_only
+    }
+
+    /// How many requests were dropped by their callers before they finished (skipped while
+    /// queued, or aborted while running).
+    pub fn cancelled(&self) -> u64 {
+        self.cancelled.load(Ordering::Relaxed)
     }
 
     /// The options the engine was loaded with.
@@ -211,33 +227,61 @@ impl SpeechToText for WhisperStt {
     }
 }
 
-/// A worker thread: takes jobs until the engine is dropped and the queue closes.
-fn worker(mut state: WhisperState, receiver: &Mutex<Receiver<Job>>, threads: usize, english_only: bool) {
-    loop {
-        let job = {
-            let receiver = receiver.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            match receiver.recv() {
-                Ok(job) => job,
-                Err(_) => return,
+/// What a worker thread needs besides its decoding state.
+struct Worker {
+    threads: usize,
+    english_only: bool,
+    cancelled: Arc<AtomicU64>,
+}
+
+impl Worker {
+    /// Takes jobs until the engine is dropped and the queue closes.
+    fn serve(self, mut state: WhisperState, receiver: &Mutex<Receiver<Job>>) {
+        loop {
+            let job = {
+                let receiver = receiver.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                match receiver.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            };
+            if job.cancelled.load(Ordering::Relaxed) || job.reply.is_closed() {
+                self.cancelled.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
-        };
-        if job.cancelled.load(Ordering::Relaxed) || job.reply.is_closed() {
-            continue;
+            let started = std::time::Instant::now();
+            let result = run(&mut state, &job, self.threads, self.english_only);
+            if matches!(&result, Err(Aborted)) {
+                self.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+            let result = result.map_err(|error| match error {
+                Aborted => ModelError::Inference {
+                    model: "whisper".to_owned(),
+                    reason: "the transcription was cancelled".to_owned(),
+                },
+                Failed(error) => error,
+            });
+            tracing::debug!(
+                audio_ms = job.audio.len() as u64 * 1000 / STT_SAMPLE_RATE as u64,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                ok = result.is_ok(),
+                "transcription finished"
+            );
+            let _ = job.reply.send(result);
         }
-        let started = std::time::Instant::now();
-        let result = run(&mut state, &job, threads, english_only);
-        tracing::debug!(
-            audio_ms = job.audio.len() as u64 * 1000 / STT_SAMPLE_RATE as u64,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            ok = result.is_ok(),
-            "transcription finished"
-        );
-        let _ = job.reply.send(result);
     }
 }
 
-fn run(state: &mut WhisperState, job: &Job, threads: usize, english_only: bool) -> Result<Transcript, ModelError> {
-    let failed = |reason: String| ModelError::Inference { model: "whisper".to_owned(), reason };
+/// Why [`run`] produced no transcript.
+enum RunError {
+    /// The caller went away and whisper.cpp stopped early.
+    Aborted,
+    Failed(ModelError),
+}
+use RunError::{Aborted, Failed};
+
+fn run(state: &mut WhisperState, job: &Job, threads: usize, english_only: bool) -> Result<Transcript, RunError> {
+    let failed = |reason: String| Failed(ModelError::Inference { model: "whisper".to_owned(), reason });
     let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
     params.set_n_threads(threads.min(i32::MAX as usize) as i32);
     params.set_translate(false);
@@ -249,6 +293,13 @@ fn run(state: &mut WhisperState, job: &Job, threads: usize, english_only: bool) 
     match job.language.as_deref() {
         Some(language) => params.set_language(Some(language)),
         None => params.set_language(Some("auto")),
+    }
+    if job.audio.len() > ABORTABLE_SAMPLES {
+        let cancelled = Arc::clone(&job.cancelled);
+        // Boxed as `dyn FnMut`: whisper-rs 0.16 calls the abort callback through that type, so
+        // handing it anything else would be read as the wrong type.
+        let abort: Box<dyn FnMut() -> bool> = Box::new(move || cancelled.load(Ordering::Relaxed));
+        params.set_abort_callback_safe(abort);
     }
     // whisper-rs never frees a segment callback, so the callback reaches the caller's sender
     // through a slot that is emptied after the run: the sender itself is dropped as usual.
@@ -277,8 +328,8 @@ fn run(state: &mut WhisperState, job: &Job, threads: usize, english_only: bool) 
     };
     let outcome = state.full(params, audio);
     partial_slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-    if job.cancelled.load(Ordering::Relaxed) {
-        return Err(failed("the transcription was cancelled".to_owned()));
+    if outcome.is_err() && job.cancelled.load(Ordering::Relaxed) {
+        return Err(Aborted);
     }
     outcome.map_err(|error| failed(format!("whisper.cpp failed: {error}")))?;
 
