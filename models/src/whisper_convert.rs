@@ -653,6 +653,28 @@ mod tests {
     }
 
     #[test]
+    fn ctranslate2_names_map_to_whisper_cpp_tensors() {
+        let names = |name: &str| targets_for(name).map(|targets| targets.into_iter().collect::<Vec<_>>());
+        let some = |name: &str| Some(name.to_owned());
+        assert_eq!(
+            names("encoder/layer_2/self_attention/linear_0/bias"),
+            Some(vec![some("encoder.blocks.2.attn.query.bias"), None, some("encoder.blocks.2.attn.value.bias")])
+        );
+        assert_eq!(
+            names("decoder/layer_0/attention/linear_1/weight"),
+            Some(vec![
+                some("decoder.blocks.0.cross_attn.key.weight"),
+                some("decoder.blocks.0.cross_attn.value.weight")
+            ])
+        );
+        assert_eq!(names("decoder/layer_1/ffn/layer_norm/gamma"), Some(vec![some("decoder.blocks.1.mlp_ln.weight")]));
+        assert_eq!(names("encoder/layer_norm/beta"), Some(vec![some("encoder.ln_post.bias")]));
+        assert_eq!(names("encoder/layer_0/attention/linear_0/weight"), None, "the encoder has no cross-attention");
+        assert_eq!(names("decoder/num_heads"), None);
+        assert_eq!(names("decoder/scale_embeddings"), None);
+    }
+
+    #[test]
     fn byte_decoder_covers_every_byte_once() {
         let decoder = byte_decoder();
         assert_eq!(decoder.len(), 256);
