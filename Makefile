@@ -16,6 +16,11 @@ endif
 ifeq ($(CPU_FAST),yes)
 export RUSTFLAGS ?= -C target-feature=+avx,+avx2,+fma,+f16c
 endif
+# whisper.cpp (built by the `whisper` feature with cmake) targets the build machine's CPU unless
+# told otherwise; a portable build asks it for plain x86-64.
+ifneq ($(PARLEY_PORTABLE),)
+export GGML_NATIVE := OFF
+endif
 
 # System packages the build and the test suite need (Debian names).
 APT_PACKAGES := build-essential pkg-config ca-certificates python3-pip chromium chromium-driver cmake libclang-dev espeak-ng
