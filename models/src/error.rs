@@ -55,6 +55,10 @@ pub enum ModelError {
     #[error("invalid request for model {model}: {reason}")]
     InvalidRequest { model: String, reason: String },
 
+    /// Every worker of a local engine is busy and its queue is full; try again shortly.
+    #[error("model {model} is busy: {reason}")]
+    Busy { model: String, reason: String },
+
     /// A remote provider answered with an error (after any retries).
     #[error("provider {provider} answered {status}: {message}")]
     Provider { provider: String, status: u16, message: String },

