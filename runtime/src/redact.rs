@@ -301,6 +301,24 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// Walks the text left to right, asking `match_at` whether a match starts at each position
+    /// (given the character there); a match is recorded and skipped, and a run of digits that
+    /// starts none is skipped whole, so no match begins inside a longer number.
+    fn matches(mut self, match_at: impl Fn(&Scan<'_>, usize, char) -> Option<usize>) -> Vec<Range<usize>> {
+        let mut index = 0;
+        while let Some(c) = self.at(index) {
+            match match_at(&self, index, c) {
+                Some(end) => {
+                    self.push(index..end);
+                    index = end;
+                }
+                None if c.is_ascii_digit() => index = self.digit_run_end(index),
+                None => index += 1,
+            }
+        }
+        self.spans
+    }
+
     fn push(&mut self, span: Range<usize>) {
         debug_assert!(span.start >= self.matched_until && span.start < span.end && span.end <= self.chars.len());
         self.matched_until = span.end;
@@ -486,23 +504,13 @@ fn is_top_level_domain(label: &[char]) -> bool {
 const CARD_DIGITS: std::ops::RangeInclusive<usize> = 13..=19;
 
 fn find_cards(chars: &[char]) -> Vec<Range<usize>> {
-    let mut scan = Scan::new(chars);
-    let mut index = 0;
-    while index < chars.len() {
-        if !scan.is_digit(index) {
-            index += 1;
-            continue;
+    Scan::new(chars).matches(|scan, index, c| {
+        if c.is_ascii_digit() && scan.numeric_start_ok(index) {
+            card_at(scan, index)
+        } else {
+            None
         }
-        if scan.numeric_start_ok(index) {
-            if let Some(end) = card_at(&scan, index) {
-                scan.push(index..end);
-                index = end;
-                continue;
-            }
-        }
-        index = scan.digit_run_end(index);
-    }
-    scan.spans
+    })
 }
 
 fn card_at(scan: &Scan<'_>, start: usize) -> Option<usize> {
@@ -559,26 +567,15 @@ fn passes_luhn(digits: &[u8]) -> bool {
 // Government ids
 
 fn find_government_ids(chars: &[char]) -> Vec<Range<usize>> {
-    let mut scan = Scan::new(chars);
-    let mut index = 0;
-    while let Some(c) = scan.at(index) {
-        let found = if c.is_ascii_digit() && scan.numeric_start_ok(index) {
-            social_security_number_at(&scan, index)
+    Scan::new(chars).matches(|scan, index, c| {
+        if c.is_ascii_digit() && scan.numeric_start_ok(index) {
+            social_security_number_at(scan, index)
         } else if c.is_ascii_alphabetic() && scan.word_start_ok(index) {
-            national_insurance_number_at(&scan, index)
+            national_insurance_number_at(scan, index)
         } else {
             None
-        };
-        match found {
-            Some(end) => {
-                scan.push(index..end);
-                index = end;
-            }
-            None if c.is_ascii_digit() => index = scan.digit_run_end(index),
-            None => index += 1,
         }
-    }
-    scan.spans
+    })
 }
 
 /// A US SSN `ddd-dd-dddd` at `start`, with the never-issued areas, groups and serials excluded.
@@ -745,24 +742,15 @@ fn is_octet(digits: impl Iterator<Item = char> + Clone) -> bool {
 }
 
 fn find_ipv4(chars: &[char]) -> Vec<Range<usize>> {
-    let mut scan = Scan::new(chars);
-    let mut index = 0;
-    while index < chars.len() {
-        if !scan.is_digit(index) {
-            index += 1;
-            continue;
-        }
-        let starts_here = !scan.before(index, 1).is_some_and(|previous| is_word(previous) || previous == '.');
+    Scan::new(chars).matches(|scan, index, c| {
+        let starts_here =
+            c.is_ascii_digit() && !scan.before(index, 1).is_some_and(|previous| is_word(previous) || previous == '.');
         if starts_here {
-            if let Some(end) = ipv4_at(&scan, index) {
-                scan.push(index..end);
-                index = end;
-                continue;
-            }
+            ipv4_at(scan, index)
+        } else {
+            None
         }
-        index = scan.digit_run_end(index);
-    }
-    scan.spans
+    })
 }
 
 fn ipv4_at(scan: &Scan<'_>, start: usize) -> Option<usize> {
@@ -794,26 +782,15 @@ const INTERNATIONAL_DIGITS: std::ops::RangeInclusive<usize> = 8..=15;
 const NATIONAL_DIGITS: std::ops::RangeInclusive<usize> = 10..=11;
 
 fn find_phones(chars: &[char]) -> Vec<Range<usize>> {
-    let mut scan = Scan::new(chars);
-    let mut index = 0;
-    while let Some(c) = scan.at(index) {
-        let found = if c == '+' && scan.numeric_start_ok(index) {
-            international_phone_at(&scan, index)
+    Scan::new(chars).matches(|scan, index, c| {
+        if c == '+' && scan.numeric_start_ok(index) {
+            international_phone_at(scan, index)
         } else if (c.is_ascii_digit() || c == '(') && scan.numeric_start_ok(index) {
-            national_phone_at(&scan, index)
+            national_phone_at(scan, index)
         } else {
             None
-        };
-        match found {
-            Some(end) => {
-                scan.push(index..end);
-                index = end;
-            }
-            None if c.is_ascii_digit() => index = scan.digit_run_end(index),
-            None => index += 1,
         }
-    }
-    scan.spans
+    })
 }
 
 /// `+` and 8–15 digits in groups; returns the end of the longest qualifying prefix.
