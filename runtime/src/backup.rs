@@ -19,7 +19,7 @@
 //! On PostgreSQL, back up with `pg_dump` and rebuild indexes with `parley reindex` (README).
 
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use parley_config::Settings;
@@ -236,8 +236,7 @@ fn sqlite_path(url: &str) -> Result<PathBuf> {
                 .into(),
         ));
     }
-    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
-    Ok(PathBuf::from(path.split('?').next().unwrap_or(path)))
+    Ok(PathBuf::from(storage::sqlite_file_path(url)))
 }
 
 fn partial_path(path: &Path) -> PathBuf {
@@ -301,18 +300,8 @@ fn describe_files(root: &Path) -> Result<Vec<serde_json::Value>> {
 }
 
 fn hash_file(path: &Path) -> io::Result<(u64, String)> {
-    let mut file = fs::File::open(path)?;
     let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 16];
-    let mut bytes = 0u64;
-    loop {
-        let read = file.read(&mut buffer)?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-        bytes += read as u64;
-    }
+    let bytes = io::copy(&mut fs::File::open(path)?, &mut hasher)?;
     Ok((bytes, hex::encode(hasher.finalize())))
 }
 

@@ -85,14 +85,12 @@ struct Plan {
 enum Step {
     /// Running answers in the erased conversations are cancelled and waited for.
     LiveTurns,
-    /// Conversations and their messages.
+    /// Conversations and their messages, with (in the same transaction) the webhook events
+    /// about them still in the outbox — they carry message text, so none is sent after the
+    /// erasure — and their per-conversation analytics rows.
     Conversations,
-    /// Webhook events about the erased conversations not yet delivered, or kept for the
-    /// delivery log: they carry message text, so they are never sent after the erasure.
-    Webhooks,
-    /// Per-conversation analytics rows of the erased conversations (an erased agent's daily
-    /// aggregates too; other aggregates are anonymous counts and stay).
-    Analytics,
+    /// An erased agent's daily analytics (other aggregates are anonymous counts and stay).
+    AgentAnalytics,
     /// An agent's documents (rows, chunks, vectors, index entries) and the agent itself, or
     /// a tenant's whole index directory; the index is then compacted.
     Knowledge,
@@ -106,11 +104,10 @@ enum Step {
 }
 
 /// The steps, in order.
-const STEPS: [Step; 8] = [
+const STEPS: [Step; 7] = [
     Step::LiveTurns,
     Step::Conversations,
-    Step::Webhooks,
-    Step::Analytics,
+    Step::AgentAnalytics,
     Step::Knowledge,
     Step::Exports,
     Step::TenantRows,
@@ -139,6 +136,8 @@ impl Step {
                 }
             }
             Step::Conversations => {
+                // A tenant's webhook events and analytics rows go with the tenant (`TenantRows`).
+                let with_dependants = plan.subject != ErasureSubject::Tenant;
                 for batch in plan.conversations.chunks(BATCH) {
                     let mut transaction = runtime.database().begin().await?;
                     for conversation_id in batch {
@@ -147,39 +146,25 @@ impl Step {
                                 .await?;
                         add(counts, "conversations", conversations);
                         add(counts, "messages", messages);
+                        if with_dependants {
+                            // In the same transaction, so no event about an erased message is sent.
+                            let events =
+                                storage::erasure::delete_webhook_events(&mut transaction, tenant_id, *conversation_id)
+                                    .await?;
+                            add(counts, "webhook_events", events);
+                            let rows = storage::erasure::delete_conversation_analytics(
+                                &mut transaction,
+                                tenant_id,
+                                *conversation_id,
+                            )
+                            .await?;
+                            add(counts, "analytics_conversations", rows);
+                        }
                     }
                     transaction.commit().await?;
                 }
             }
-            Step::Webhooks | Step::Analytics if plan.subject == ErasureSubject::Tenant => {
-                // The tenant's rows go with the tenant (`TenantRows`).
-            }
-            Step::Webhooks => {
-                for batch in plan.conversations.chunks(BATCH) {
-                    let mut transaction = runtime.database().begin().await?;
-                    for conversation_id in batch {
-                        let deleted =
-                            storage::erasure::delete_webhook_events(&mut transaction, tenant_id, *conversation_id)
-                                .await?;
-                        add(counts, "webhook_events", deleted);
-                    }
-                    transaction.commit().await?;
-                }
-            }
-            Step::Analytics => {
-                for batch in plan.conversations.chunks(BATCH) {
-                    let mut transaction = runtime.database().begin().await?;
-                    for conversation_id in batch {
-                        let deleted = storage::erasure::delete_conversation_analytics(
-                            &mut transaction,
-                            tenant_id,
-                            *conversation_id,
-                        )
-                        .await?;
-                        add(counts, "analytics_conversations", deleted);
-                    }
-                    transaction.commit().await?;
-                }
+            Step::AgentAnalytics => {
                 if let ErasureSubject::Agent(agent_id) = plan.subject {
                     let mut connection = runtime.database().pool().acquire().await?;
                     let deleted =

@@ -24,6 +24,8 @@ use crate::Runtime;
 
 /// Rows read per page while sealing again.
 const PAGE: i64 = 200;
+/// Passes over one column at most; the second finds only values sealed during the first.
+const MAX_PASSES: usize = 5;
 
 /// What a rotation did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,7 +71,17 @@ pub async fn rotate(runtime: &Runtime, generate_key: bool) -> Result<RotationRep
         SealedColumn::WebhookSecrets,
         SealedColumn::PreviousWebhookSecrets,
     ] {
-        let (resealed, unreadable) = reseal_column(runtime, column, &mut per_tenant).await?;
+        // A request that took the keyring just before the switch may still seal under the old
+        // key after a pass went by its row: pass again until a pass finds nothing to seal.
+        let (mut resealed, mut unreadable) = (0, 0);
+        for _ in 0..MAX_PASSES {
+            let (pass_resealed, pass_unreadable) = reseal_column(runtime, column, &mut per_tenant).await?;
+            resealed += pass_resealed;
+            unreadable = pass_unreadable;
+            if pass_resealed == 0 {
+                break;
+            }
+        }
         match column {
             SealedColumn::ProviderKeys => report.provider_keys += resealed,
             SealedColumn::IdentitySecrets => report.identity_secrets += resealed,
@@ -96,7 +108,7 @@ async fn reseal_column(
     per_tenant: &mut BTreeMap<Uuid, u64>,
 ) -> Result<(u64, u64)> {
     let secrets = runtime.secrets();
-    let current_prefix = format!("v1.{}.", secrets.key_id());
+    let current_prefix = secrets.sealed_prefix();
     let (purpose, context): (&str, fn(&SealedRow) -> String) = match column {
         SealedColumn::ProviderKeys => {
             (crate::provider_keys::PURPOSE, |row| crate::provider_keys::context(row.tenant_id, &row.key))
@@ -113,8 +125,8 @@ async fn reseal_column(
     let (mut resealed, mut unreadable) = (0, 0);
     let mut after: Option<(Uuid, String)> = None;
     loop {
+        let mut connection = runtime.database().pool().acquire().await?;
         let rows = {
-            let mut connection = runtime.database().pool().acquire().await?;
             let after = after.as_ref().map(|(tenant, key)| (*tenant, key.as_str()));
             sealed::stale(&mut connection, column, &current_prefix, after, PAGE).await?
         };
@@ -131,7 +143,6 @@ async fn reseal_column(
                 }
             };
             let again = secrets.seal(purpose, &context, &plaintext);
-            let mut connection = runtime.database().pool().acquire().await?;
             // A value replaced meanwhile was sealed by the current key already.
             if sealed::replace(&mut connection, column, row, &again).await? {
                 resealed += 1;

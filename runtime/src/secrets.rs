@@ -257,6 +257,12 @@ impl Secrets {
         self.previous.iter().map(|key| key.key_id.clone()).collect()
     }
 
+    /// How every string sealed under the current key begins (`v1.<key id>.`).
+    #[must_use]
+    pub fn sealed_prefix(&self) -> String {
+        format!("{SEALED_VERSION}.{}.", self.current.key_id)
+    }
+
     /// True when `sealed` was sealed under a key other than the current one (or is not a
     /// sealed string at all), so a rotation must seal it again.
     #[must_use]
@@ -289,7 +295,7 @@ impl Secrets {
         let mut payload = Vec::with_capacity(NONCE_LEN + ciphertext.len());
         payload.extend_from_slice(&nonce);
         payload.extend_from_slice(&ciphertext);
-        format!("{SEALED_VERSION}.{}.{}", self.current.key_id, URL_SAFE_NO_PAD.encode(payload))
+        format!("{}{}", self.sealed_prefix(), URL_SAFE_NO_PAD.encode(payload))
     }
 
     /// Decrypts a string made by `seal` with the same purpose and context. Checks the format

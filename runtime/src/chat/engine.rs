@@ -441,8 +441,7 @@ async fn check_budget(runtime: &Runtime, connection: &mut sqlx::AnyConnection, t
 
 /// The UTC day token usage is counted under.
 pub(crate) fn today() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    format!("{:04}-{:02}-{:02}", now.year(), u8::from(now.month()), now.day())
+    crate::analytics::day_string(crate::analytics::today())
 }
 
 /// Earlier turns for the prompt: the stored transcript (complete answers and the messages they

@@ -130,9 +130,14 @@ impl Database {
 }
 
 /// Adds `mode=rwc` to a SQLite URL and creates its parent directory.
-fn sqlite_url_with_create(url: &str) -> Result<String> {
+/// The file a `sqlite:` URL names (its query string dropped).
+pub(crate) fn sqlite_file_path(url: &str) -> &str {
     let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
-    let path = path.split('?').next().unwrap_or(path);
+    path.split('?').next().unwrap_or(path)
+}
+
+fn sqlite_url_with_create(url: &str) -> Result<String> {
+    let path = sqlite_file_path(url);
     if path.is_empty() || path == ":memory:" {
         return Err(Error::invalid("database.url", "an on-disk SQLite file is required"));
     }
