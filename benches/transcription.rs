@@ -2,9 +2,14 @@
 //! whisper.cpp's own `whisper-cli` on the same ggml file, the same clips and the same thread
 //! count, in the same run.
 //!
-//! Parley side: `WhisperStt::load` on the installed whisper tiny.en model (2 threads, one
-//! worker), each clip decoded from its WAV file here (16-bit PCM or 32-bit float), mixed to mono
-//! and resampled to 16 kHz by `audio::StreamResampler` when needed, then
+//! Model: the installed Whisper model named by the first argument (`whisper-tiny.en`, the
+//! default, or `whisper-base`; see `parley_models::WHISPER_MODELS`). A multilingual model is asked
+//! for English, as whisper-cli is by default (`-l en`), so neither engine spends a pass detecting
+//! the language.
+//!
+//! Parley side: `WhisperStt::load` on that model's ggml file (2 threads, one worker), each clip
+//! decoded from its WAV file here (16-bit PCM or 32-bit float), mixed to mono and resampled to
+//! 16 kHz by `audio::StreamResampler` when needed, then
 //! `SpeechToText::transcribe`. Its time per clip is measured with the model already loaded.
 //!
 //! Reference: `whisper-cli -m <same file> -t 2 -f <clip> -nt`, one process per clip
@@ -23,7 +28,7 @@
 //! compared word by word (Levenshtein distance over words); WER is errors / reference words,
 //! over the LibriVox clips and over all clips.
 //!
-//! `cargo bench --bench transcription` runs it. Without `--bench` (as under
+//! `cargo bench --bench transcription [-- whisper-base]` runs it. Without `--bench` (as under
 //! `cargo test --all-targets`) it exits at once.
 
 use std::path::{Path, PathBuf};
@@ -132,13 +137,18 @@ async fn run() -> Result<()> {
     let started_at = now_utc();
     let load_before = load_average();
     let settings = Settings { home_dir: std::env::var_os("HOME").map(PathBuf::from), ..Settings::default() };
-    let directory = parley_models::installed_dir(&settings.models_dir(), &parley_models::WHISPER_TINY_EN_PACKAGE)
-        .context("the whisper model is not installed; run `make models`")?;
-    let model_file = directory.join(parley_models::WHISPER_GGML_FILE);
+    let model_name = std::env::args()
+        .skip(1)
+        .find(|argument| !argument.starts_with('-'))
+        .unwrap_or_else(|| "whisper-tiny.en".to_owned());
+    let model_file = parley_models::installed_whisper(&settings.models_dir(), &model_name)
+        .with_context(|| format!("the speech-to-text model {model_name} is not usable"))?;
     let options = WhisperOptions { threads: THREADS, workers: 1, queue_capacity: 4, max_audio_seconds: 300.0 };
     let loading = Instant::now();
     let stt = WhisperStt::load(&model_file, options)?;
     let load_ms = loading.elapsed().as_secs_f64() * 1e3;
+    // English, as whisper-cli assumes by default; an English-only model needs no language.
+    let language = (!stt.english_only()).then(|| "en".to_owned());
 
     let cli = std::env::var_os("PARLEY_WHISPER_CLI").map(PathBuf::from).unwrap_or_else(|| {
         let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
@@ -153,7 +163,8 @@ async fn run() -> Result<()> {
         let measured_pass = pass.saturating_sub(WARM_UP_PASSES);
         for (index, clip) in clips.iter().enumerate() {
             let started = Instant::now();
-            let transcript = stt.transcribe(Arc::clone(&clip.audio), TranscribeOptions::default()).await?;
+            let options = TranscribeOptions { language: language.clone(), partial: None };
+            let transcript = stt.transcribe(Arc::clone(&clip.audio), options).await?;
             let ms = started.elapsed().as_secs_f64() * 1e3;
             eprintln!("pass {pass} {:<55} Parley {ms:7.0} ms  {:?}", clip.name, transcript.text.trim());
             if measured {
@@ -184,7 +195,7 @@ async fn run() -> Result<()> {
     println!("- **Date:** {started_at}; **machine:** {}.", machine());
     println!("- **Load average** (1, 5, 15 min): {load_before} before, {load_after} after.");
     println!(
-        "- **Model:** `{}` (Parley loaded it in {load_ms:.0} ms); {THREADS} threads everywhere; {} clips, {:.1} s of \
+        "- **Model:** {model_name}, `{}` (Parley loaded it in {load_ms:.0} ms); {THREADS} threads everywhere; {} clips, {:.1} s of \
          audio; {WARM_UP_PASSES} warm-up pass, {MEASURED_PASSES} measured passes, medians per clip.",
         model_file.display(),
         clips.len(),

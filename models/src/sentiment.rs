@@ -43,6 +43,7 @@ pub const SENTIMENT_PACKAGE: ModelPackage = ModelPackage {
         ("vaderSentiment/emoji_utf8_lexicon.txt", "emoji_utf8_lexicon.txt"),
         ("vaderSentiment-3.3.2.dist-info/LICENSE.txt", "LICENSE.txt"),
     ],
+    more_wheels: &[],
 };
 
 /// The word lexicon's file name in the installed package directory.

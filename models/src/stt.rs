@@ -2,11 +2,13 @@
 //! request and result types, and input validation shared by every engine. The local engine,
 //! [`WhisperStt`] (feature `whisper`), runs whisper.cpp on a ggml model made by the install step.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
 use crate::error::ModelError;
+use crate::packages::{installed_dir, WHISPER_GGML_FILE, WHISPER_MODELS};
 
 #[cfg(feature = "whisper")]
 mod whisper;
@@ -84,6 +86,22 @@ pub fn validate_audio(model: &str, audio: &[f32], max_seconds: f32) -> Result<()
     Ok(())
 }
 
+/// The installed ggml file of the Whisper model named `name` as an agent's
+/// `voice.speech_to_text_model` names it (`whisper-tiny.en`, `whisper-base`; see
+/// [`WHISPER_MODELS`]), for [`WhisperStt::load`](crate::stt::WhisperStt). An unknown name is an
+/// [`ModelError::InvalidRequest`] listing the known ones; a model that is not installed is
+/// [`ModelError::NotInstalled`], saying how to install it.
+pub fn installed_whisper(models_dir: &Path, name: &str) -> Result<PathBuf, ModelError> {
+    let Some((_, package)) = WHISPER_MODELS.iter().find(|(known, _)| *known == name) else {
+        let known: Vec<&str> = WHISPER_MODELS.iter().map(|(known, _)| *known).collect();
+        return Err(ModelError::InvalidRequest {
+            model: name.to_owned(),
+            reason: format!("no such speech-to-text model; the local models are {}", known.join(", ")),
+        });
+    };
+    Ok(installed_dir(models_dir, package)?.join(WHISPER_GGML_FILE))
+}
+
 /// The primary subtag of a language tag, lowercased (`en-US` → `en`).
 pub fn primary_language(tag: &str) -> String {
     tag.trim().split(['-', '_']).next().unwrap_or_default().to_ascii_lowercase()
@@ -105,6 +123,29 @@ mod tests {
         let error = validate_audio("m", &long, 2.5).unwrap_err();
         assert!(error.to_string().contains("3.0 s"), "{error}");
         validate_audio("m", &long, 3.0).unwrap();
+    }
+
+    #[test]
+    fn whisper_model_names_map_to_their_installed_files() {
+        let models = tempfile::tempdir().unwrap();
+        let error = installed_whisper(models.path(), "whisper-large").unwrap_err();
+        assert!(matches!(error, ModelError::InvalidRequest { .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(message.contains("whisper-large") && message.contains("whisper-tiny.en, whisper-base"), "{message}");
+        let error = installed_whisper(models.path(), "whisper-base").unwrap_err();
+        assert!(matches!(error, ModelError::NotInstalled { .. }), "{error:?}");
+        assert!(error.to_string().contains(&models.path().join("whisper-base").display().to_string()), "{error}");
+        // An installed model: its stamp, its members and the converted file.
+        let dir = models.path().join("whisper-tiny-en");
+        let package = crate::packages::WHISPER_TINY_EN_PACKAGE;
+        for (_, member) in package.members {
+            let path = dir.join(member);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"").unwrap();
+        }
+        std::fs::write(dir.join(WHISPER_GGML_FILE), b"").unwrap();
+        std::fs::write(dir.join(crate::packages::INSTALLED_FILE), package.stamp()).unwrap();
+        assert_eq!(installed_whisper(models.path(), "whisper-tiny.en").unwrap(), dir.join(WHISPER_GGML_FILE));
     }
 
     #[test]

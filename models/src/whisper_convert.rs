@@ -674,6 +674,173 @@ mod tests {
         assert_eq!(names("decoder/scale_embeddings"), None);
     }
 
+    /// A CTranslate2 Whisper model with the given shape and every variable a real one has, its
+    /// values small and its key biases zero, written as `model.bin` into `dir`.
+    fn write_ct2_model(dir: &Path, n_vocab: u32, n_state: u32, heads: i32, encoder_layers: u32, decoder_layers: u32) {
+        fn string(out: &mut Vec<u8>, text: &str) {
+            out.extend_from_slice(&(text.len() as u16 + 1).to_le_bytes());
+            out.extend_from_slice(text.as_bytes());
+            out.push(0);
+        }
+        let mut vars: Vec<(String, Vec<u32>)> = Vec::new();
+        let mut add = |name: String, dims: &[u32]| vars.push((name, dims.to_vec()));
+        let s = n_state;
+        add("encoder/conv1/weight".into(), &[s, 80, 3]);
+        add("encoder/conv1/bias".into(), &[s]);
+        add("encoder/conv2/weight".into(), &[s, s, 3]);
+        add("encoder/conv2/bias".into(), &[s]);
+        add("encoder/position_encodings/encodings".into(), &[1500, s]);
+        add("encoder/layer_norm/gamma".into(), &[s]);
+        add("encoder/layer_norm/beta".into(), &[s]);
+        add("decoder/embeddings/weight".into(), &[n_vocab, s]);
+        add("decoder/position_encodings/encodings".into(), &[448, s]);
+        add("decoder/layer_norm/gamma".into(), &[s]);
+        add("decoder/layer_norm/beta".into(), &[s]);
+        for (side, layers) in [("encoder", encoder_layers), ("decoder", decoder_layers)] {
+            for layer in 0..layers {
+                let mut linear = |module: &str, rows: u32, columns: u32| {
+                    add(format!("{side}/layer_{layer}/{module}/weight"), &[rows, columns]);
+                    add(format!("{side}/layer_{layer}/{module}/bias"), &[rows]);
+                };
+                linear("self_attention/linear_0", 3 * s, s);
+                linear("self_attention/linear_1", s, s);
+                linear("ffn/linear_0", 4 * s, s);
+                linear("ffn/linear_1", s, 4 * s);
+                if side == "decoder" {
+                    linear("attention/linear_0", s, s);
+                    linear("attention/linear_1", 2 * s, s);
+                    linear("attention/linear_2", s, s);
+                }
+                let mut modules = vec!["self_attention/layer_norm", "ffn/layer_norm"];
+                if side == "decoder" {
+                    modules.push("attention/layer_norm");
+                }
+                for module in modules {
+                    add(format!("{side}/layer_{layer}/{module}/gamma"), &[s]);
+                    add(format!("{side}/layer_{layer}/{module}/beta"), &[s]);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        out.extend_from_slice(&6u32.to_le_bytes());
+        string(&mut out, "WhisperSpec");
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&(vars.len() as u32 + 2).to_le_bytes());
+        for side in ["encoder", "decoder"] {
+            string(&mut out, &format!("{side}/num_heads"));
+            out.push(0);
+            out.push(3);
+            out.extend_from_slice(&4u32.to_le_bytes());
+            out.extend_from_slice(&heads.to_le_bytes());
+        }
+        for (name, dims) in &vars {
+            string(&mut out, name);
+            out.push(dims.len() as u8);
+            for dim in dims {
+                out.extend_from_slice(&dim.to_le_bytes());
+            }
+            out.push(4);
+            let elements: u32 = dims.iter().product();
+            out.extend_from_slice(&(elements * 2).to_le_bytes());
+            // Biases are zero (the fused key bias must be); everything else a small constant.
+            let value = if name.ends_with("/bias") { 0.0 } else { 0.25 };
+            for _ in 0..elements {
+                out.extend_from_slice(&f16::from_f32(value).to_le_bytes());
+            }
+        }
+        out.extend_from_slice(&0u32.to_le_bytes());
+        fs::write(dir.join("model.bin"), out).unwrap();
+    }
+
+    /// A byte-level BPE `tokenizer.json` with `tokens` as ids 0, 1, …
+    fn write_tokenizer(dir: &Path, tokens: &[&str]) {
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            tokens.iter().enumerate().map(|(id, token)| ((*token).to_owned(), serde_json::json!(id))).collect();
+        let tokenizer = serde_json::json!({ "model": { "type": "BPE", "vocab": vocab } });
+        fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    }
+
+    fn i32_at(bytes: &[u8], at: &mut usize) -> i32 {
+        let value = i32::from_le_bytes(bytes[*at..*at + 4].try_into().unwrap());
+        *at += 4;
+        value
+    }
+
+    /// The header, vocabulary and tensor count of a ggml file, checking that the tensors fill it.
+    fn read_ggml(bytes: &[u8]) -> (Vec<i32>, Vec<Vec<u8>>, usize) {
+        let mut at = 0;
+        assert_eq!(i32_at(bytes, &mut at) as u32, GGML_MAGIC);
+        let hparams: Vec<i32> = (0..11).map(|_| i32_at(bytes, &mut at)).collect();
+        let (mels, bins) = (i32_at(bytes, &mut at) as usize, i32_at(bytes, &mut at) as usize);
+        at += mels * bins * 4;
+        let count = i32_at(bytes, &mut at);
+        let vocab = (0..count)
+            .map(|_| {
+                let len = i32_at(bytes, &mut at) as usize;
+                at += len;
+                bytes[at - len..at].to_vec()
+            })
+            .collect();
+        let mut tensors = 0;
+        while at < bytes.len() {
+            let dims = i32_at(bytes, &mut at) as usize;
+            let name_len = i32_at(bytes, &mut at) as usize;
+            let ftype = i32_at(bytes, &mut at);
+            let elements: usize = (0..dims).map(|_| i32_at(bytes, &mut at) as usize).product();
+            at += name_len + elements * if ftype == 0 { 4 } else { 2 };
+            tensors += 1;
+        }
+        assert_eq!(at, bytes.len(), "the tensors fill the file exactly");
+        (hparams, vocab, tensors)
+    }
+
+    #[test]
+    fn hparams_and_vocabulary_come_from_the_model_for_english_and_multilingual_shapes() {
+        // tiny.en's and base's vocabulary sizes; base's vocabulary holds an empty token (id 50256)
+        // and `<|endoftext|>` as a regular entry.
+        let cases = [(51_864, 8, 2, 1, 2), (51_865, 16, 4, 2, 3)];
+        for (n_vocab, n_state, heads, encoder_layers, decoder_layers) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            write_ct2_model(dir.path(), n_vocab, n_state, heads, encoder_layers, decoder_layers);
+            write_tokenizer(dir.path(), &["!", "\u{120}the", "\u{c3}\u{a9}t\u{c3}\u{a9}", "", "<|endoftext|>"]);
+            let output = dir.path().join("ggml.bin");
+            let summary = convert_ct2_to_ggml(dir.path(), &output).unwrap();
+            let (n_state, heads) = (n_state as i32, heads as i32);
+            let expected = [
+                n_vocab as i32,
+                1500,
+                n_state,
+                heads,
+                encoder_layers as i32,
+                448,
+                n_state,
+                heads,
+                decoder_layers as i32,
+                80,
+                1,
+            ];
+            assert_eq!(summary.hparams.as_array().map(|value| value as i32), expected);
+            assert_eq!(summary.vocab, 5);
+            assert_eq!(summary.tensors, summary.hparams.expected_tensors());
+            let (hparams, vocab, tensors) = read_ggml(&fs::read(&output).unwrap());
+            assert_eq!(hparams, expected);
+            let expected_vocab: [&[u8]; 5] = [b"!", b" the", "été".as_bytes(), b"", b"<|endoftext|>"];
+            assert_eq!(vocab, expected_vocab);
+            assert_eq!(tensors, 15 * encoder_layers as usize + 24 * decoder_layers as usize + 11);
+        }
+    }
+
+    #[test]
+    fn a_gapped_vocabulary_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        write_ct2_model(dir.path(), 51_865, 8, 2, 1, 1);
+        let tokenizer = serde_json::json!({ "model": { "vocab": { "!": 0, "\"": 2 } } });
+        fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+        let error = convert_ct2_to_ggml(dir.path(), &dir.path().join("ggml.bin")).unwrap_err();
+        assert!(error.to_string().contains("not contiguous"), "{error}");
+        assert!(!dir.path().join("ggml.bin").exists());
+    }
+
     #[test]
     fn byte_decoder_covers_every_byte_once() {
         let decoder = byte_decoder();

@@ -1,8 +1,9 @@
-//! The real speech-to-text model (Whisper tiny.en, converted from CTranslate2 to ggml by the
-//! install step) end to end: the converted file's header and tensors, the converter's errors on
-//! broken input, transcription of speech synthesised with espeak-ng at test time (scored by word
-//! error rate), the shared worker queue (concurrency, a full queue, cancellation), partial
-//! segments and input validation.
+//! The real speech-to-text models (Whisper tiny.en and the multilingual Whisper base, converted
+//! from CTranslate2 to ggml by the install step) end to end: the converted files' headers and
+//! tensors, the converter's errors on broken input, transcription of speech synthesised with
+//! espeak-ng at test time (scored by word error rate), language detection by the multilingual
+//! model, the shared worker queue (concurrency, a full queue, cancellation), partial segments and
+//! input validation.
 //!
 //! A model that is not installed skips these tests with a loud message, unless
 //! `PARLEY_REQUIRE_MODELS` is set (as `make test` does after installing the models): then it fails.
@@ -16,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use parley_models::whisper_convert::{convert_ct2_to_ggml, GGML_MAGIC};
 use parley_models::{
-    installed_dir, ModelError, SpeechToText, TranscribeOptions, WhisperOptions, WhisperStt, STT_SAMPLE_RATE,
-    WHISPER_GGML_FILE, WHISPER_TINY_EN_PACKAGE,
+    installed_dir, installed_whisper, ModelError, SpeechToText, TranscribeOptions, WhisperOptions, WhisperStt,
+    STT_SAMPLE_RATE, WHISPER_GGML_FILE, WHISPER_TINY_EN_PACKAGE,
 };
 
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(180);
@@ -30,6 +31,21 @@ fn models_dir() -> PathBuf {
     }
     let home = std::env::var_os("HOME").expect("HOME is not set; set TEST_MODELS_DIR to the models directory");
     PathBuf::from(home).join(".cache/parley/models")
+}
+
+/// The installed ggml file of the Whisper model `name`, or `None` (after a loud message) when it
+/// is missing and the models are not required.
+fn installed_model(name: &str) -> Option<PathBuf> {
+    match installed_whisper(&models_dir(), name) {
+        Ok(path) => Some(path),
+        Err(error) if std::env::var_os("PARLEY_REQUIRE_MODELS").is_none() => {
+            eprintln!("SKIPPED: the speech-to-text model {name} is not installed ({error}); run `make models`");
+            None
+        }
+        Err(error) => {
+            panic!("the speech-to-text model {name} is not installed: {error}\nrun `make models` to install it")
+        }
+    }
 }
 
 /// The installed model directory, or `None` (after a loud message) when it is missing and the
@@ -128,10 +144,15 @@ fn resample(input: &[f32], from: u32, to: u32) -> Vec<f32> {
 
 /// `text` spoken by espeak-ng (US English), at 16 kHz.
 fn speak(text: &str) -> Arc<[f32]> {
+    speak_in("en-us", text)
+}
+
+/// `text` spoken by espeak-ng with `voice` (a language such as `de`), at 16 kHz.
+fn speak_in(voice: &str, text: &str) -> Arc<[f32]> {
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("speech.wav");
     let status = Command::new("espeak-ng")
-        .args(["-v", "en-us", "-w"])
+        .args(["-v", voice, "-w"])
         .arg(&wav)
         .arg(text)
         .status()
@@ -201,7 +222,7 @@ fn read_i32(bytes: &[u8], at: &mut usize) -> i32 {
 
 /// Walks a ggml Whisper file; returns its hyperparameters and tensor names, checking that the
 /// tensors fill the file exactly.
-fn parse_ggml(bytes: &[u8]) -> (Vec<i32>, Vec<String>) {
+fn parse_ggml(bytes: &[u8]) -> (Vec<i32>, Vec<String>, i32) {
     let mut at = 0;
     assert_eq!(read_i32(bytes, &mut at) as u32, GGML_MAGIC);
     let hparams: Vec<i32> = (0..11).map(|_| read_i32(bytes, &mut at)).collect();
@@ -209,7 +230,6 @@ fn parse_ggml(bytes: &[u8]) -> (Vec<i32>, Vec<String>) {
     assert_eq!((mels, bins), (80, 201));
     at += (mels * bins * 4) as usize;
     let vocab = read_i32(bytes, &mut at);
-    assert_eq!(vocab, 50_257, "regular tokens of the GPT-2 English vocabulary");
     for _ in 0..vocab {
         let len = read_i32(bytes, &mut at) as usize;
         at += len;
@@ -232,14 +252,15 @@ fn parse_ggml(bytes: &[u8]) -> (Vec<i32>, Vec<String>) {
         names.push(name);
     }
     assert_eq!(at, bytes.len(), "the tensors must fill the file exactly");
-    (hparams, names)
+    (hparams, names, vocab)
 }
 
 #[test]
 fn the_installed_ggml_file_has_tiny_en_hparams_and_every_tensor() {
     let Some(dir) = model_dir() else { return };
     let bytes = fs::read(dir.join(WHISPER_GGML_FILE)).unwrap();
-    let (hparams, names) = parse_ggml(&bytes);
+    let (hparams, names, vocab) = parse_ggml(&bytes);
+    assert_eq!(vocab, 50_257, "regular tokens of the GPT-2 English vocabulary");
     assert_eq!(hparams, [51_864, 1500, 384, 6, 4, 448, 384, 6, 4, 80, 1]);
     assert_eq!(names.len(), 4 * 15 + 4 * 24 + 11);
     for name in [
@@ -322,16 +343,24 @@ async fn synthesised_speech_is_transcribed_with_a_low_word_error_rate() {
     assert!(last.end_ms > 1000 && last.end_ms <= audio.len() as u64 * 1000 / 16_000 + 1000, "{last:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_jfk_sample_is_transcribed_when_present() {
-    let Some(stt) = shared() else { return };
+const JFK_REFERENCE: &str =
+    "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.";
+
+/// The speech set's `jfk.wav` at 16 kHz, or `None` (after a message) when the set is not there.
+fn jfk_audio() -> Option<Arc<[f32]>> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/eval/speech/samples/jfk.wav");
     let Ok(bytes) = fs::read(&path) else {
         eprintln!("SKIPPED: {} is not there", path.display());
-        return;
+        return None;
     };
     let (samples, rate) = read_wav(&bytes);
-    let audio: Arc<[f32]> = resample(&samples, rate, STT_SAMPLE_RATE).into();
+    Some(resample(&samples, rate, STT_SAMPLE_RATE).into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jfk_sample_is_transcribed_when_present() {
+    let Some(stt) = shared() else { return };
+    let Some(audio) = jfk_audio() else { return };
     let seconds = audio.len() as f64 / STT_SAMPLE_RATE as f64;
     let started = Instant::now();
     let transcript = transcribe(stt.as_ref(), audio, TranscribeOptions::default()).await.unwrap();
@@ -340,9 +369,7 @@ async fn the_jfk_sample_is_transcribed_when_present() {
         started.elapsed().as_secs_f64(),
         transcript.text
     );
-    let reference =
-        "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.";
-    let wer = word_error_rate(reference, &transcript.text);
+    let wer = word_error_rate(JFK_REFERENCE, &transcript.text);
     assert!(wer <= 0.05, "WER {wer} for {:?}", transcript.text);
 }
 
@@ -447,4 +474,87 @@ async fn bad_audio_and_languages_are_refused_with_a_reason() {
     // Very short audio is padded, not refused: a fraction of a second of silence gives no words.
     let transcript = transcribe(stt.as_ref(), vec![0.0; 4000].into(), TranscribeOptions::default()).await.unwrap();
     assert!(words(&transcript.text).len() <= 3, "{:?}", transcript.text);
+}
+
+// ---------- the multilingual base model ----------
+
+const GERMAN_SENTENCE: &str =
+    "Guten Morgen. Ich möchte gerne einen Termin für nächste Woche vereinbaren, am liebsten am Dienstag.";
+
+fn shared_base() -> Option<Arc<WhisperStt>> {
+    static MODEL: OnceLock<Option<Arc<WhisperStt>>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path = installed_model("whisper-base")?;
+            let options = WhisperOptions { threads: 2, workers: 1, ..WhisperOptions::default() };
+            let stt = WhisperStt::load(&path, options)
+                .unwrap_or_else(|error| panic!("cannot load {}: {error}", path.display()));
+            Some(Arc::new(stt))
+        })
+        .clone()
+}
+
+#[test]
+fn the_installed_base_ggml_file_has_multilingual_hparams_and_every_tensor() {
+    let Some(path) = installed_model("whisper-base") else { return };
+    let bytes = fs::read(&path).unwrap();
+    let (hparams, names, vocab) = parse_ggml(&bytes);
+    assert_eq!(hparams, [51_865, 1500, 512, 8, 6, 448, 512, 8, 6, 80, 1]);
+    assert_eq!(vocab, 50_258, "the multilingual vocabulary's regular tokens and end-of-text");
+    assert_eq!(names.len(), 6 * 15 + 6 * 24 + 11);
+    for name in ["encoder.blocks.5.attn.key.weight", "decoder.blocks.5.cross_attn.value.bias", "decoder.ln.bias"] {
+        assert!(names.iter().any(|candidate| candidate == name), "{name} missing");
+    }
+    // Only the ggml file is kept whole: the joined CTranslate2 model is removed after conversion.
+    let dir = path.parent().unwrap();
+    assert!(!dir.join("ct2/model.bin").exists());
+    assert!(dir.join("ct2/model.bin.part1").is_file() && dir.join("ct2/model.bin.part2").is_file());
+}
+
+#[test]
+fn an_unknown_model_name_lists_the_known_ones() {
+    let error = installed_whisper(&models_dir(), "whisper-huge").unwrap_err();
+    assert!(matches!(error, ModelError::InvalidRequest { .. }), "{error:?}");
+    assert!(error.to_string().contains("whisper-tiny.en, whisper-base"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base_transcribes_the_jfk_sample_and_detects_english() {
+    let Some(stt) = shared_base() else { return };
+    assert!(!stt.english_only());
+    let Some(audio) = jfk_audio() else { return };
+    let started = Instant::now();
+    let transcript = transcribe(stt.as_ref(), audio, TranscribeOptions::default()).await.unwrap();
+    eprintln!("base transcribed jfk.wav in {:.2} s: {:?}", started.elapsed().as_secs_f64(), transcript.text);
+    let wer = word_error_rate(JFK_REFERENCE, &transcript.text);
+    assert!(wer <= 0.05, "WER {wer} for {:?}", transcript.text);
+    assert_eq!(transcript.language, "en", "detected, not assumed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base_detects_german_and_transcribes_it_when_asked() {
+    let Some(stt) = shared_base() else { return };
+    let audio = speak_in("de", GERMAN_SENTENCE);
+    let detected = transcribe(stt.as_ref(), Arc::clone(&audio), TranscribeOptions::default()).await.unwrap();
+    eprintln!("base heard {:?} in {:?}", detected.text, detected.language);
+    assert_eq!(detected.language, "de", "{:?}", detected.text);
+
+    let options = TranscribeOptions { language: Some("de-DE".to_owned()), partial: None };
+    let asked = transcribe(stt.as_ref(), audio, options).await.unwrap();
+    eprintln!("base transcribed German as {:?} (WER {:.2})", asked.text, word_error_rate(GERMAN_SENTENCE, &asked.text));
+    assert_eq!(asked.language, "de");
+    // espeak-ng's German is robotic; most words still come through.
+    let wer = word_error_rate(GERMAN_SENTENCE, &asked.text);
+    assert!(wer <= 0.5, "WER {wer} for {:?}", asked.text);
+    let heard = words(&asked.text);
+    assert!(heard.iter().any(|word| word == "termin" || word == "woche" || word == "morgen"), "{heard:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base_refuses_an_unknown_language() {
+    let Some(stt) = shared_base() else { return };
+    let options = TranscribeOptions { language: Some("klingon".to_owned()), partial: None };
+    let error = stt.transcribe(vec![0.0; 16_000].into(), options).await.unwrap_err();
+    assert!(matches!(error, ModelError::InvalidRequest { .. }), "{error:?}");
+    assert!(error.to_string().contains("unknown language"), "{error}");
 }
