@@ -805,7 +805,7 @@ mod tests {
             write_tokenizer(dir.path(), &["!", "\u{120}the", "\u{c3}\u{a9}t\u{c3}\u{a9}", "", "<|endoftext|>"]);
             let output = dir.path().join("ggml.bin");
             let summary = convert_ct2_to_ggml(dir.path(), &output).unwrap();
-            let (n_state, heads) = (n_state as i32, heads as i32);
+            let n_state = n_state as i32;
             let expected = [
                 n_vocab as i32,
                 1500,
