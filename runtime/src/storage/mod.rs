@@ -194,3 +194,29 @@ pub(crate) fn now() -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Start-up leaves SQLite with table statistics, and a restart refreshes rather than fails.
+    #[tokio::test]
+    async fn start_up_gives_sqlite_statistics() {
+        let directory = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", directory.path().join("parley.db").display());
+        let statistics = |database: &Database| {
+            let pool = database.pool().clone();
+            async move {
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM sqlite_master WHERE name = 'sqlite_stat1'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        let database = Database::connect(&url, 2).await.unwrap();
+        assert_eq!(statistics(&database).await, 1);
+        database.pool().close().await;
+        let reopened = Database::connect(&url, 2).await.unwrap();
+        assert_eq!(statistics(&reopened).await, 1);
+    }
+}
