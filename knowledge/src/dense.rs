@@ -70,9 +70,20 @@ impl DenseIndex {
         self.chunk_ids.is_empty()
     }
 
-    /// Approximate memory held, for the cache's budget.
+    /// Memory held, for the cache's budget: every allocation's capacity, the chunk-id map's
+    /// buckets (key, value and control byte) included, plus each agent list.
     pub fn bytes(&self) -> usize {
-        self.codes.len() + self.scales.len() * 4 + self.chunk_ids.len() * 64 + self.agents.len() * 64
+        let id = std::mem::size_of::<Uuid>();
+        let row_entry = id + std::mem::size_of::<usize>() + 1;
+        let agent_entry = id + std::mem::size_of::<Vec<Uuid>>() + 1;
+        let agent_lists: usize = self.agents.values().map(|agents| agents.capacity() * id).sum();
+        std::mem::size_of::<Self>()
+            + self.codes.capacity()
+            + self.scales.capacity() * std::mem::size_of::<f32>()
+            + (self.chunk_ids.capacity() + self.document_ids.capacity()) * id
+            + self.rows.capacity() * row_entry
+            + self.agents.capacity() * agent_entry
+            + agent_lists
     }
 
     pub fn add_rows(&mut self, rows: Vec<DenseRow>) {
@@ -282,11 +293,32 @@ mod tests {
         assert_eq!(index.search(&query, other_agent, 10)[0].0, foreign.chunk_id);
         assert!((index.score(&query, far.chunk_id).unwrap() - hits[1].1).abs() < 1e-6);
 
+        let bytes_before = index.bytes();
         index.remove_document(document);
         assert!(index.search(&query, agent, 10).is_empty());
         assert_eq!(index.len(), 1);
+        // The chunk-id map follows the rows that remain.
+        assert_eq!(index.score(&query, near.chunk_id), None);
+        let foreign_score = index.score(&query, foreign.chunk_id).unwrap();
+        assert!((foreign_score - index.search(&query, other_agent, 1)[0].1).abs() < 1e-6);
+        assert!(index.bytes() < bytes_before);
         index.set_agents(other_document, vec![agent, other_agent]);
         assert_eq!(index.search(&query, agent, 10)[0].0, foreign.chunk_id);
+    }
+
+    /// The byte count the cache budgets with covers what the index really allocates, the
+    /// chunk-id map included.
+    #[test]
+    fn bytes_cover_the_vectors_ids_and_row_map() {
+        let document = Uuid::now_v7();
+        let rows: Vec<DenseRow> = (0..1_000).map(|index| row(document, &[1.0, index as f32, 0.5, 2.0])).collect();
+        let index = DenseIndex::new(rows, HashMap::from([(document, vec![Uuid::now_v7()])]));
+        let allocated = index.codes.capacity()
+            + index.scales.capacity() * 4
+            + (index.chunk_ids.capacity() + index.document_ids.capacity()) * 16
+            + index.rows.capacity() * (16 + 8);
+        assert!(index.bytes() >= allocated, "{} < {allocated}", index.bytes());
+        assert_eq!(index.rows.len(), 1_000);
     }
 
     #[test]

@@ -14,13 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lru::LruCache;
-use tantivy::collector::TopDocs;
+use tantivy::collector::{Count, TopDocs};
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{BooleanQuery, BoostQuery, ConstScoreQuery, Occur, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING};
 use tantivy::snippet::SnippetGenerator;
 use tantivy::tokenizer::{Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, TextAnalyzer};
-use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
 use uuid::Uuid;
 
 use crate::error::{KnowledgeError, Result};
@@ -136,6 +136,15 @@ pub struct TenantIndex {
     index: Index,
     reader: IndexReader,
     fields: Fields,
+    /// For the reader's current generation: whether each agent asked about is attached to every
+    /// live chunk, in which case its search needs no agent filter.
+    agent_coverage: Mutex<AgentCoverage>,
+}
+
+#[derive(Debug, Default)]
+struct AgentCoverage {
+    generation_id: Option<u64>,
+    covers_all: HashMap<Uuid, bool>,
 }
 
 impl TenantIndex {
@@ -149,7 +158,7 @@ impl TenantIndex {
             index.tokenizers().register(&format!("parley_{key}"), analyzer(key));
         }
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
-        Ok(Self { index, reader, fields })
+        Ok(Self { index, reader, fields, agent_coverage: Mutex::new(AgentCoverage::default()) })
     }
 
     /// The query's terms in the language's text and context fields, any of which may match.
@@ -171,17 +180,47 @@ impl TenantIndex {
         Ok(if clauses.is_empty() { None } else { Some(BooleanQuery::new(clauses)) })
     }
 
+    /// True when every live chunk the searcher sees belongs to the agent (the usual tenant with
+    /// one agent). Counted over live chunks only, once per reader generation and agent.
+    fn agent_covers_all(&self, searcher: &Searcher, agent_id: Uuid, agent_term: &Term) -> Result<bool> {
+        let generation_id = searcher.generation().generation_id();
+        {
+            let coverage = self.agent_coverage.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if coverage.generation_id == Some(generation_id) {
+                if let Some(covers_all) = coverage.covers_all.get(&agent_id) {
+                    return Ok(*covers_all);
+                }
+            }
+        }
+        let agent_chunks = searcher.search(&TermQuery::new(agent_term.clone(), IndexRecordOption::Basic), &Count)?;
+        let covers_all = agent_chunks as u64 == searcher.num_docs();
+        let mut coverage = self.agent_coverage.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if coverage.generation_id != Some(generation_id) {
+            *coverage = AgentCoverage { generation_id: Some(generation_id), covers_all: HashMap::new() };
+        }
+        coverage.covers_all.insert(agent_id, covers_all);
+        Ok(covers_all)
+    }
+
     /// BM25 over the agent's chunks: (chunk id, score), best first.
+    ///
+    /// The agent filter (a zero-score required term) stops tantivy from skipping blocks that
+    /// cannot reach the top results, so it is left out when every live chunk belongs to the agent
+    /// and would match it anyway.
     pub fn search(&self, agent_id: Uuid, language: &str, query: &str, limit: usize) -> Result<Vec<(Uuid, f32)>> {
         let key = analyzer_key(language);
         let Some(text_query) = self.text_query(key, query)? else { return Ok(Vec::new()) };
-        let agent_filter =
-            TermQuery::new(Term::from_field_text(self.fields.agents, &agent_id.to_string()), IndexRecordOption::Basic);
-        let query = BooleanQuery::new(vec![
-            (Occur::Must, Box::new(ConstScoreQuery::new(Box::new(agent_filter), 0.0)) as Box<dyn Query>),
-            (Occur::Must, Box::new(text_query)),
-        ]);
         let searcher = self.reader.searcher();
+        let agent_term = Term::from_field_text(self.fields.agents, &agent_id.to_string());
+        let query: Box<dyn Query> = if self.agent_covers_all(&searcher, agent_id, &agent_term)? {
+            Box::new(text_query)
+        } else {
+            let agent_filter = TermQuery::new(agent_term, IndexRecordOption::Basic);
+            Box::new(BooleanQuery::new(vec![
+                (Occur::Must, Box::new(ConstScoreQuery::new(Box::new(agent_filter), 0.0)) as Box<dyn Query>),
+                (Occur::Must, Box::new(text_query)),
+            ]))
+        };
         let top = searcher.search(&query, &TopDocs::with_limit(limit.max(1)))?;
         let mut hits = Vec::with_capacity(top.len());
         for (score, address) in top {
@@ -218,7 +257,7 @@ impl TenantIndex {
     pub fn generation_count(&self, document_id: Uuid, generation: i64) -> Result<u64> {
         let term = Term::from_field_text(self.fields.document_generation, &generation_key(document_id, generation));
         let query = TermQuery::new(term, IndexRecordOption::Basic);
-        Ok(self.reader.searcher().search(&query, &tantivy::collector::Count)? as u64)
+        Ok(self.reader.searcher().search(&query, &Count)? as u64)
     }
 
     /// Number of chunks in the index (all generations), for tests and diagnostics.
@@ -600,6 +639,66 @@ mod tests {
         indexes.write(tenant, vec![WriteOp::DeleteDocument(document)]).await.unwrap();
         assert!(index.search(agent_a, "en", "refund", 10).unwrap().is_empty());
         assert_eq!(index.chunk_count(), 1);
+    }
+
+    fn ids(hits: &[(Uuid, f32)]) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = hits.iter().map(|hit| hit.0).collect();
+        ids.sort();
+        ids
+    }
+
+    fn covers_all(index: &TenantIndex, agent: Uuid) -> bool {
+        let term = Term::from_field_text(index.fields.agents, &agent.to_string());
+        index.agent_covers_all(&index.reader.searcher(), agent, &term).unwrap()
+    }
+
+    /// A tenant whose chunks all belong to one agent is searched without the agent filter; as soon
+    /// as another agent's chunk exists, the filter is back and never lets that chunk through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn agent_filter_is_skipped_only_when_the_agent_has_every_live_chunk() {
+        let directory = tempfile::tempdir().unwrap();
+        let indexes = Indexes::new(directory.path().to_owned(), 2, 1, 15_000_000);
+        let tenant = Uuid::now_v7();
+        let (agent_a, agent_b) = (Uuid::now_v7(), Uuid::now_v7());
+        let first = chunk(Uuid::now_v7(), 1, vec![agent_a], "Shipping takes three days.");
+        let second = chunk(Uuid::now_v7(), 1, vec![agent_a], "Express shipping takes one day.");
+        indexes.write(tenant, vec![WriteOp::Add(vec![first.clone(), second.clone()])]).await.unwrap();
+        let index = indexes.open(tenant).unwrap();
+
+        // One agent: the fast path, with the same results.
+        assert!(covers_all(&index, agent_a));
+        assert!(!covers_all(&index, agent_b));
+        let mut expected = vec![first.chunk_id, second.chunk_id];
+        expected.sort();
+        assert_eq!(ids(&index.search(agent_a, "en", "shipping", 10).unwrap()), expected);
+        assert!(index.search(agent_b, "en", "shipping", 10).unwrap().is_empty());
+
+        // A second agent with a document the first must not see, and a deleted chunk of the first
+        // agent: a count that included deleted chunks would match the live total here.
+        let secret = chunk(Uuid::now_v7(), 1, vec![agent_b], "Secret shipping canary for agent B.");
+        indexes
+            .write(tenant, vec![WriteOp::Add(vec![secret.clone()]), WriteOp::DeleteDocument(second.document_id)])
+            .await
+            .unwrap();
+        assert!(!covers_all(&index, agent_a));
+        assert!(!covers_all(&index, agent_b));
+        assert_eq!(ids(&index.search(agent_a, "en", "shipping canary", 10).unwrap()), vec![first.chunk_id]);
+        assert_eq!(ids(&index.search(agent_b, "en", "shipping canary", 10).unwrap()), vec![secret.chunk_id]);
+
+        // A chunk shared by both agents does not let agent B see agent A's own chunk.
+        let shared = chunk(Uuid::now_v7(), 1, vec![agent_a, agent_b], "Shared shipping notes.");
+        indexes.write(tenant, vec![WriteOp::Add(vec![shared.clone()])]).await.unwrap();
+        let mut expected = vec![secret.chunk_id, shared.chunk_id];
+        expected.sort();
+        assert_eq!(ids(&index.search(agent_b, "en", "shipping", 10).unwrap()), expected);
+
+        // Once agent B's own chunk is gone, agent A again has every live chunk.
+        indexes.write(tenant, vec![WriteOp::DeleteDocument(secret.document_id)]).await.unwrap();
+        assert!(covers_all(&index, agent_a));
+        let mut expected = vec![first.chunk_id, shared.chunk_id];
+        expected.sort();
+        assert_eq!(ids(&index.search(agent_a, "en", "shipping", 10).unwrap()), expected);
+        assert_eq!(ids(&index.search(agent_b, "en", "shipping", 10).unwrap()), vec![shared.chunk_id]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,4 +19,6 @@ pub mod dense;
 pub mod service;
 pub mod snapshot;
 
-pub use service::{Content, DocumentInput, KnowledgeBase, SearchHit, SearchMode, SearchRequest, Staged, StagedNew};
+pub use service::{
+    Content, DocumentInput, Fusion, KnowledgeBase, SearchHit, SearchMode, SearchRequest, Staged, StagedNew,
+};

@@ -93,6 +93,33 @@ pub enum SearchMode {
     Dense,
 }
 
+/// How a hybrid search combines the candidates of its two retrievers (BM25 and dense) into one
+/// ranking. Every fused score lies in [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fusion {
+    /// `(dense_weight · minmax(cosine) + bm25_weight · BM25 / best BM25) / (dense_weight +
+    /// bm25_weight)`, where `minmax(cosine)` rescales each candidate's cosine between the lowest
+    /// (0) and the highest (1) among the candidates, and a candidate BM25 did not find scores 0 there.
+    MinMax { dense_weight: f32, bm25_weight: f32 },
+    /// Weighted reciprocal rank fusion: `Σ weight / (k + rank)` over the retrievers that ranked the
+    /// candidate (rank 1 is the best), divided by its largest possible value so the best is 1.
+    Rrf { k: f32, dense_weight: f32, bm25_weight: f32 },
+}
+
+impl Fusion {
+    /// The default rule: on the WikiQA evaluation (docs/BENCHMARKS.md) it ranks best of the rules
+    /// compared, with BM25 given a small weight.
+    pub const DEFAULT: Fusion = Fusion::MinMax { dense_weight: 0.95, bm25_weight: 0.05 };
+    /// The `k` of reciprocal rank fusion when none is chosen.
+    pub const DEFAULT_RRF_K: f32 = 60.0;
+}
+
+impl Default for Fusion {
+    fn default() -> Self {
+        Fusion::DEFAULT
+    }
+}
+
 /// A search request.
 #[derive(Debug, Clone)]
 pub struct SearchRequest {
@@ -101,8 +128,13 @@ pub struct SearchRequest {
     pub language: String,
     pub query: String,
     pub top_k: usize,
+    /// Minimum relevance in [0, 1]: the passage's cosine similarity to the query (hybrid and
+    /// dense searches), or its BM25 score divided by the best one (BM25 searches). Unlike the
+    /// fused score, it means the same for every query, so it can tell "nothing relevant" apart.
     pub min_score: f32,
     pub mode: SearchMode,
+    /// How hybrid searches rank; ignored by the single-retriever modes.
+    pub fusion: Fusion,
 }
 
 /// One ranked passage with its citation.
@@ -116,17 +148,14 @@ pub struct SearchHit {
     pub text: String,
     pub start_char: i64,
     pub end_char: i64,
-    /// The fused relevance in [0, 1] that ranks results and meets `min_score`.
+    /// The score in [0, 1] that ranks results: the fusion's in hybrid searches, else the one
+    /// retriever's (cosine, or BM25 divided by the best).
     pub score: f32,
     pub bm25: Option<f32>,
     pub dense: Option<f32>,
     pub snippet: Snippet,
 }
 
-/// Weights of the fusion: cosine similarity and BM25 normalised by the best BM25 score.
-/// Dense retrieval is the stronger signal on natural questions; BM25 adds exact-term evidence.
-const DENSE_WEIGHT: f32 = 0.7;
-const BM25_WEIGHT: f32 = 0.3;
 /// Candidates each retriever contributes before fusion.
 const CANDIDATES: usize = 50;
 const SNIPPET_CHARS: usize = 240;
@@ -449,40 +478,42 @@ impl KnowledgeBase {
             dense_index = Some(index);
         }
 
-        // Fuse: cosine for every candidate (exact from memory), BM25 normalised by the best.
-        let best_bm25 = bm25.iter().map(|(_, score)| *score).fold(0.0_f32, f32::max);
-        let mut fused: HashMap<Uuid, (Option<f32>, Option<f32>)> = HashMap::new();
-        for (chunk_id, score) in &bm25 {
-            fused.entry(*chunk_id).or_default().0 = Some(*score);
+        // Fuse: cosine for every candidate (exact from memory), each retriever's rank, BM25.
+        let mut fused: HashMap<Uuid, Candidate> = HashMap::new();
+        for (rank, (chunk_id, score)) in bm25.iter().enumerate() {
+            let candidate = fused.entry(*chunk_id).or_default();
+            candidate.bm25 = Some(*score);
+            candidate.bm25_rank = Some(rank + 1);
         }
-        for (chunk_id, score) in &dense_hits {
-            fused.entry(*chunk_id).or_default().1 = Some(*score);
+        for (rank, (chunk_id, score)) in dense_hits.iter().enumerate() {
+            let candidate = fused.entry(*chunk_id).or_default();
+            candidate.dense = Some(*score);
+            candidate.dense_rank = Some(rank + 1);
         }
         if let Some(index) = &dense_index {
             if let Ok(dense) = index.read() {
-                for (chunk_id, (_, dense_score)) in fused.iter_mut() {
-                    if dense_score.is_none() {
-                        *dense_score = dense.score(&query_vector, *chunk_id);
+                for (chunk_id, candidate) in fused.iter_mut() {
+                    if candidate.dense.is_none() {
+                        candidate.dense = dense.score(&query_vector, *chunk_id);
                     }
                 }
             }
         }
-        let mut ranked: Vec<(Uuid, f32, Option<f32>, Option<f32>)> = fused
+        let (chunk_ids, candidates): (Vec<Uuid>, Vec<Candidate>) = fused.into_iter().unzip();
+        let scores = ranking_scores(request.mode, request.fusion, &candidates);
+        let best_bm25 = candidates.iter().filter_map(|candidate| candidate.bm25).fold(0.0_f32, f32::max);
+        let mut ranked: Vec<(Uuid, f32, Option<f32>, Option<f32>)> = chunk_ids
             .into_iter()
-            .map(|(chunk_id, (bm25_score, dense_score))| {
-                let normalised_bm25 = match bm25_score {
-                    Some(score) if best_bm25 > 0.0 => score / best_bm25,
-                    _ => 0.0,
+            .zip(candidates)
+            .zip(scores)
+            .filter(|((_, candidate), _)| {
+                let relevance = match request.mode {
+                    SearchMode::Bm25 => normalised(candidate.bm25, best_bm25),
+                    SearchMode::Hybrid | SearchMode::Dense => candidate.dense.unwrap_or(0.0).max(0.0),
                 };
-                let cosine = dense_score.unwrap_or(0.0).max(0.0);
-                let score = match request.mode {
-                    SearchMode::Hybrid => DENSE_WEIGHT * cosine + BM25_WEIGHT * normalised_bm25,
-                    SearchMode::Bm25 => normalised_bm25,
-                    SearchMode::Dense => cosine,
-                };
-                (chunk_id, score, bm25_score, dense_score)
+                relevance >= request.min_score
             })
-            .filter(|(_, score, _, _)| *score >= request.min_score)
+            .map(|((chunk_id, candidate), score)| (chunk_id, score, candidate.bm25, candidate.dense))
             .collect();
         ranked.sort_by(|left, right| right.1.total_cmp(&left.1).then(left.0.cmp(&right.0)));
         ranked.truncate(request.top_k * 2);
@@ -638,6 +669,71 @@ impl KnowledgeBase {
     }
 }
 
+/// One search candidate: its score and rank (from 1) in each retriever's list that has it. A
+/// candidate only BM25 found still gets its cosine, computed from the in-memory vectors.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Candidate {
+    bm25: Option<f32>,
+    bm25_rank: Option<usize>,
+    dense: Option<f32>,
+    dense_rank: Option<usize>,
+}
+
+fn normalised(score: Option<f32>, best: f32) -> f32 {
+    match score {
+        Some(score) if best > 0.0 => (score / best).clamp(0.0, 1.0),
+        _ => 0.0,
+    }
+}
+
+/// The score that ranks each candidate, in [0, 1]: the fusion's in hybrid searches, else the
+/// single retriever's.
+fn ranking_scores(mode: SearchMode, fusion: Fusion, candidates: &[Candidate]) -> Vec<f32> {
+    let best_bm25 = candidates.iter().filter_map(|candidate| candidate.bm25).fold(0.0_f32, f32::max);
+    match mode {
+        SearchMode::Bm25 => candidates.iter().map(|candidate| normalised(candidate.bm25, best_bm25)).collect(),
+        SearchMode::Dense => candidates.iter().map(|candidate| candidate.dense.unwrap_or(0.0).max(0.0)).collect(),
+        SearchMode::Hybrid => match fusion {
+            Fusion::MinMax { dense_weight, bm25_weight } => {
+                let cosines = candidates.iter().filter_map(|candidate| candidate.dense);
+                let (lowest, highest) = cosines.fold((f32::INFINITY, f32::NEG_INFINITY), |(low, high), cosine| {
+                    (low.min(cosine), high.max(cosine))
+                });
+                let total = (dense_weight + bm25_weight).max(f32::EPSILON);
+                candidates
+                    .iter()
+                    .map(|candidate| {
+                        let dense = match candidate.dense {
+                            // All candidates equally similar: none is below the best.
+                            Some(_) if highest - lowest <= f32::EPSILON => 1.0,
+                            Some(cosine) => (cosine - lowest) / (highest - lowest),
+                            None => 0.0,
+                        };
+                        ((dense_weight * dense + bm25_weight * normalised(candidate.bm25, best_bm25)) / total)
+                            .clamp(0.0, 1.0)
+                    })
+                    .collect()
+            }
+            Fusion::Rrf { k, dense_weight, bm25_weight } => {
+                let reciprocal = |weight: f32, rank: Option<usize>| rank.map_or(0.0, |rank| weight / (k + rank as f32));
+                let best_possible = reciprocal(dense_weight, Some(1)) + reciprocal(bm25_weight, Some(1));
+                candidates
+                    .iter()
+                    .map(|candidate| {
+                        let sum = reciprocal(dense_weight, candidate.dense_rank)
+                            + reciprocal(bm25_weight, candidate.bm25_rank);
+                        if best_possible > 0.0 {
+                            (sum / best_possible).clamp(0.0, 1.0)
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect()
+            }
+        },
+    }
+}
+
 /// The tenant's document with this content, as a duplicate answer for the agent.
 async fn duplicate_of(
     connection: &mut AnyConnection,
@@ -749,4 +845,82 @@ fn prepare_blocking(
         chunks: records,
         embedding_model: embedder.model_id().to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(bm25: Option<(f32, usize)>, dense: Option<f32>, dense_rank: Option<usize>) -> Candidate {
+        Candidate { bm25: bm25.map(|(score, _)| score), bm25_rank: bm25.map(|(_, rank)| rank), dense, dense_rank }
+    }
+
+    fn order(scores: &[f32]) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|left, right| scores[*right].total_cmp(&scores[*left]));
+        order
+    }
+
+    /// The three candidates of a hybrid search: the dense retriever's best (BM25 missed it), BM25's
+    /// best (a weaker cosine), and one both found in second place.
+    fn candidates() -> Vec<Candidate> {
+        vec![
+            candidate(None, Some(0.80), Some(1)),
+            candidate(Some((12.0, 1)), Some(0.40), None),
+            candidate(Some((6.0, 2)), Some(0.70), Some(2)),
+        ]
+    }
+
+    #[test]
+    fn min_max_fusion_rescales_cosines_over_the_candidates() {
+        let fusion = Fusion::MinMax { dense_weight: 0.95, bm25_weight: 0.05 };
+        let scores = ranking_scores(SearchMode::Hybrid, fusion, &candidates());
+        // minmax(cos) = 1, 0, 0.75; BM25 / best = 0, 1, 0.5.
+        let expected = [0.95, 0.05, 0.95 * 0.75 + 0.05 * 0.5];
+        for (score, expected) in scores.iter().zip(expected) {
+            assert!((score - expected).abs() < 1e-6, "{scores:?}");
+        }
+        assert_eq!(order(&scores), vec![0, 2, 1]);
+        // Weights are relative: BM25 alone ranks by BM25.
+        let bm25_only =
+            ranking_scores(SearchMode::Hybrid, Fusion::MinMax { dense_weight: 0.0, bm25_weight: 2.0 }, &candidates());
+        assert_eq!(bm25_only, vec![0.0, 1.0, 0.5]);
+        // Equal cosines leave no candidate below the best.
+        let tied = vec![candidate(None, Some(0.5), Some(1)), candidate(Some((1.0, 1)), Some(0.5), None)];
+        let scores = ranking_scores(SearchMode::Hybrid, fusion, &tied);
+        assert!((scores[0] - 0.95).abs() < 1e-6 && (scores[1] - 1.0).abs() < 1e-6, "{scores:?}");
+    }
+
+    #[test]
+    fn reciprocal_rank_fusion_weights_ranks() {
+        let plain = Fusion::Rrf { k: 60.0, dense_weight: 1.0, bm25_weight: 1.0 };
+        let scores = ranking_scores(SearchMode::Hybrid, plain, &candidates());
+        let best = 2.0 / 61.0;
+        let expected = [(1.0 / 61.0) / best, (1.0 / 61.0) / best, (1.0 / 62.0 + 1.0 / 62.0) / best];
+        for (score, expected) in scores.iter().zip(expected) {
+            assert!((score - expected).abs() < 1e-6, "{scores:?}");
+        }
+        // Found by both retrievers beats first place in one.
+        assert_eq!(order(&scores)[0], 2);
+        // With k = 60 ranks 1 and 2 differ little, so even a heavy dense weight keeps the passage
+        // both retrievers found on top; a small k rewards the dense retriever's first place.
+        let dense_heavy = Fusion::Rrf { k: 60.0, dense_weight: 0.95, bm25_weight: 0.05 };
+        assert_eq!(order(&ranking_scores(SearchMode::Hybrid, dense_heavy, &candidates()))[0], 2);
+        let sharp = Fusion::Rrf { k: 1.0, dense_weight: 0.95, bm25_weight: 0.05 };
+        assert_eq!(order(&ranking_scores(SearchMode::Hybrid, sharp, &candidates()))[0], 0);
+        // Dense alone ranks by the dense list.
+        let dense_only = Fusion::Rrf { k: 60.0, dense_weight: 1.0, bm25_weight: 0.0 };
+        assert_eq!(order(&ranking_scores(SearchMode::Hybrid, dense_only, &candidates())), vec![0, 2, 1]);
+        // First in both lists scores 1.
+        let top = vec![candidate(Some((3.0, 1)), Some(0.9), Some(1))];
+        assert_eq!(ranking_scores(SearchMode::Hybrid, plain, &top), vec![1.0]);
+    }
+
+    #[test]
+    fn single_retriever_modes_ignore_the_fusion() {
+        for fusion in [Fusion::DEFAULT, Fusion::Rrf { k: 60.0, dense_weight: 1.0, bm25_weight: 1.0 }] {
+            assert_eq!(ranking_scores(SearchMode::Bm25, fusion, &candidates()), vec![0.0, 1.0, 0.5]);
+            assert_eq!(ranking_scores(SearchMode::Dense, fusion, &candidates()), vec![0.80, 0.40, 0.70]);
+        }
+    }
 }

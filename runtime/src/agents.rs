@@ -78,9 +78,61 @@ pub enum ModelProvider {
 pub struct RetrievalSettings {
     pub enabled: bool,
     pub top_k: u32,
+    /// Minimum cosine similarity of a passage to the question.
     pub min_score: f32,
     /// Said when nothing relevant is found, instead of guessing.
     pub no_answer_message: String,
+    /// How the BM25 and dense candidates are fused into one ranking. Agents stored before these
+    /// fields existed read the defaults.
+    #[serde(default)]
+    pub fusion: FusionRule,
+    #[serde(default = "default_dense_weight")]
+    pub dense_weight: f32,
+    #[serde(default = "default_bm25_weight")]
+    pub bm25_weight: f32,
+    /// The `k` of reciprocal rank fusion (`fusion: rrf` only).
+    #[serde(default = "default_rrf_k")]
+    pub rrf_k: u32,
+}
+
+/// The rules a hybrid search can fuse its candidates with (see `parley_knowledge::Fusion`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FusionRule {
+    /// Weighted sum of the min-max-rescaled cosine and BM25 over the best BM25: the better rule
+    /// on Parley's retrieval evaluation, hence the default.
+    #[default]
+    Minmax,
+    /// Weighted reciprocal rank fusion.
+    Rrf,
+}
+
+fn default_dense_weight() -> f32 {
+    0.95
+}
+
+fn default_bm25_weight() -> f32 {
+    0.05
+}
+
+fn default_rrf_k() -> u32 {
+    60
+}
+
+impl RetrievalSettings {
+    /// The fusion a hybrid search of this agent uses.
+    pub fn fusion(&self) -> parley_knowledge::Fusion {
+        match self.fusion {
+            FusionRule::Minmax => {
+                parley_knowledge::Fusion::MinMax { dense_weight: self.dense_weight, bm25_weight: self.bm25_weight }
+            }
+            FusionRule::Rrf => parley_knowledge::Fusion::Rrf {
+                k: self.rrf_k as f32,
+                dense_weight: self.dense_weight,
+                bm25_weight: self.bm25_weight,
+            },
+        }
+    }
 }
 
 impl Default for RetrievalSettings {
@@ -90,6 +142,10 @@ impl Default for RetrievalSettings {
             top_k: 5,
             min_score: 0.0,
             no_answer_message: "I'm sorry, I don't know that. I can only answer from this site's documents.".to_owned(),
+            fusion: FusionRule::default(),
+            dense_weight: default_dense_weight(),
+            bm25_weight: default_bm25_weight(),
+            rrf_k: default_rrf_k(),
         }
     }
 }
@@ -366,6 +422,20 @@ fn validate(agent: &Agent) -> Result<()> {
     if !(0.0..=1.0).contains(&agent.retrieval.min_score) {
         return Err(Error::invalid("retrieval.min_score", "must be between 0 and 1"));
     }
+    for (field, weight) in [
+        ("retrieval.dense_weight", agent.retrieval.dense_weight),
+        ("retrieval.bm25_weight", agent.retrieval.bm25_weight),
+    ] {
+        if !(0.0..=1.0).contains(&weight) {
+            return Err(Error::invalid(field, "must be between 0 and 1"));
+        }
+    }
+    if agent.retrieval.dense_weight + agent.retrieval.bm25_weight <= 0.0 {
+        return Err(Error::invalid("retrieval.dense_weight", "must be above 0 when retrieval.bm25_weight is 0"));
+    }
+    if !(1..=1_000).contains(&agent.retrieval.rrf_k) {
+        return Err(Error::invalid("retrieval.rrf_k", "must be between 1 and 1000"));
+    }
     check_text("retrieval.no_answer_message", &agent.retrieval.no_answer_message, 1, 2_000)?;
     let voice = &agent.voice;
     check_text("voice.speech_to_text_model", &voice.speech_to_text_model, 1, 200)?;
@@ -497,6 +567,22 @@ fn is_origin(origin: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Retrieval settings stored before the fusion fields existed read the default fusion.
+    #[test]
+    fn stored_retrieval_settings_without_fusion_fields_read_the_defaults() {
+        let stored = r#"{"enabled":true,"top_k":4,"min_score":0.2,"no_answer_message":"No idea."}"#;
+        let settings: RetrievalSettings = serde_json::from_str(stored).unwrap();
+        assert_eq!((settings.top_k, settings.min_score), (4, 0.2));
+        assert_eq!(settings.fusion(), parley_knowledge::Fusion::DEFAULT);
+        assert_eq!(settings.rrf_k, 60);
+        let chosen = RetrievalSettings { fusion: FusionRule::Rrf, rrf_k: 20, ..RetrievalSettings::default() };
+        let round_trip: RetrievalSettings = serde_json::from_str(&serde_json::to_string(&chosen).unwrap()).unwrap();
+        assert_eq!(
+            round_trip.fusion(),
+            parley_knowledge::Fusion::Rrf { k: 20.0, dense_weight: 0.95, bm25_weight: 0.05 }
+        );
+    }
 
     #[test]
     fn origins() {

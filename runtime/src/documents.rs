@@ -209,6 +209,7 @@ pub async fn search(
         top_k: top_k as usize,
         min_score: agent.retrieval.min_score,
         mode,
+        fusion: agent.retrieval.fusion(),
     };
     Ok(runtime.knowledge().search(&request).await?)
 }

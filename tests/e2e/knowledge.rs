@@ -377,3 +377,64 @@ async fn concurrent_uploads_all_succeed(backend: Backend) {
     assert_eq!(list["items"].as_array().unwrap().len(), 8, "{list}");
     server.stop().await;
 }
+
+both_backends!(fusion_and_minimum_relevance_are_agent_settings);
+
+/// An agent's retrieval settings choose the fusion rule of its hybrid search (min-max by default,
+/// or weighted reciprocal rank fusion), agents created without the new fields read the defaults,
+/// and `min_score` applies to the cosine similarity whichever rule ranks.
+async fn fusion_and_minimum_relevance_are_agent_settings(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let (_, token) = server.tenant("Fusion").await;
+    let agent = server.agent(&token, "Fusion").await;
+    let agent_id = agent["id"].as_str().unwrap().to_owned();
+    let retrieval = &agent["retrieval"];
+    assert_eq!((retrieval["fusion"].as_str(), retrieval["rrf_k"].as_u64()), (Some("minmax"), Some(60)), "{agent}");
+    assert!((retrieval["dense_weight"].as_f64().unwrap() - 0.95).abs() < 1e-6, "{agent}");
+    assert!((retrieval["bm25_weight"].as_f64().unwrap() - 0.05).abs() < 1e-6, "{agent}");
+    server.document(&token, &agent_id, "Penguins live in Antarctica and eat krill from the cold sea.").await;
+    server.document(&token, &agent_id, "The office opens at nine and closes at five on weekdays.").await;
+    let query = "where do penguins live";
+
+    // Min-max: the other passage has the lowest cosine and no BM25 match, so it scores 0.
+    let results = search(&server, &token, &agent_id, query).await;
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert!(results[0]["text"].as_str().unwrap().starts_with("Penguins"));
+    assert!((results[0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4, "{results:?}");
+    assert!(results[1]["score"].as_f64().unwrap() < 1e-4, "{results:?}");
+
+    // Plain reciprocal rank fusion: second in the dense list only, (1/62) / (2/61).
+    let rrf = json!({ "retrieval": { "fusion": "rrf", "dense_weight": 1.0, "bm25_weight": 1.0, "rrf_k": 60 } });
+    let (status, updated) = server.patch(&format!("/admin/v1/agents/{agent_id}"), &token, rrf).await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["retrieval"]["fusion"], "rrf");
+    let results = search(&server, &token, &agent_id, query).await;
+    assert!(results[0]["text"].as_str().unwrap().starts_with("Penguins"));
+    let expected = (1.0 / 62.0) / (2.0 / 61.0);
+    assert!((results[1]["score"].as_f64().unwrap() - expected).abs() < 1e-3, "{results:?}");
+
+    // A minimum cosine leaves the unrelated passage out under either rule.
+    for fusion in ["rrf", "minmax"] {
+        let strict = json!({ "retrieval": { "fusion": fusion, "min_score": 0.4 } });
+        let (status, body) = server.patch(&format!("/admin/v1/agents/{agent_id}"), &token, strict).await;
+        assert_eq!(status, 200, "{body}");
+        let results = search(&server, &token, &agent_id, query).await;
+        assert_eq!(results.len(), 1, "{fusion}: {results:?}");
+        assert!(results[0]["dense_score"].as_f64().unwrap() >= 0.4, "{results:?}");
+    }
+
+    for (retrieval, field) in [
+        (json!({ "rrf_k": 0 }), "retrieval.rrf_k"),
+        (json!({ "dense_weight": 1.5 }), "retrieval.dense_weight"),
+        (json!({ "dense_weight": 0.0, "bm25_weight": 0.0 }), "retrieval.dense_weight"),
+    ] {
+        let (status, problem) =
+            server.patch(&format!("/admin/v1/agents/{agent_id}"), &token, json!({ "retrieval": retrieval })).await;
+        assert_eq!((status, problem["field"].as_str()), (422, Some(field)), "{problem}");
+    }
+    let (status, problem) = server
+        .patch(&format!("/admin/v1/agents/{agent_id}"), &token, json!({ "retrieval": { "fusion": "borda" } }))
+        .await;
+    assert_eq!((status, problem["code"].as_str()), (422, Some("invalid_body")), "{problem}");
+    server.stop().await;
+}

@@ -5,8 +5,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use parley_runtime::agents::{
-    self, Agent, AgentInput, AgentRetention, ModelChoice, ModelProvider, RetrievalSettings, StorageTier, VoiceSettings,
-    WidgetSettings,
+    self, Agent, AgentInput, AgentRetention, FusionRule, ModelChoice, ModelProvider, RetrievalSettings, StorageTier,
+    VoiceSettings, WidgetSettings,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -89,10 +89,34 @@ pub struct RetrievalDto {
     pub enabled: bool,
     /// Passages retrieved per turn, 1 to 50.
     pub top_k: u32,
-    /// Minimum relevance, 0 to 1.
+    /// Minimum relevance, 0 to 1: a passage whose cosine similarity to the question is lower is
+    /// left out (BM25-only searches compare its BM25 score divided by the best one).
     pub min_score: f32,
     /// Said when nothing relevant is found.
     pub no_answer_message: String,
+    /// How the BM25 and dense candidates are fused into one ranking: `minmax` (default) or `rrf`.
+    pub fusion: FusionDto,
+    /// Weight of the dense (embedding) retriever in the fusion, 0 to 1. Default 0.95.
+    pub dense_weight: f32,
+    /// Weight of the BM25 (keyword) retriever in the fusion, 0 to 1. Default 0.05. The two weights
+    /// must not both be 0; only their ratio matters.
+    pub bm25_weight: f32,
+    /// `k` of reciprocal rank fusion, 1 to 1000 (`fusion: rrf` only). Default 60.
+    pub rrf_k: u32,
+}
+
+/// The fusion rule of hybrid search.
+///
+/// - `minmax`: `(dense_weight × minmax(cosine) + bm25_weight × BM25 / best BM25) / (dense_weight +
+///   bm25_weight)`, with each candidate's cosine rescaled between the lowest and highest among the
+///   candidates. The better rule on Parley's retrieval evaluation.
+/// - `rrf`: weighted reciprocal rank fusion, `Σ weight / (rrf_k + rank)` over the retrievers that
+///   ranked the passage, divided by its largest possible value.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FusionDto {
+    Minmax,
+    Rrf,
 }
 
 impl Default for RetrievalDto {
@@ -108,6 +132,13 @@ impl From<RetrievalSettings> for RetrievalDto {
             top_k: value.top_k,
             min_score: value.min_score,
             no_answer_message: value.no_answer_message,
+            fusion: match value.fusion {
+                FusionRule::Minmax => FusionDto::Minmax,
+                FusionRule::Rrf => FusionDto::Rrf,
+            },
+            dense_weight: value.dense_weight,
+            bm25_weight: value.bm25_weight,
+            rrf_k: value.rrf_k,
         }
     }
 }
@@ -119,6 +150,13 @@ impl From<RetrievalDto> for RetrievalSettings {
             top_k: value.top_k,
             min_score: value.min_score,
             no_answer_message: value.no_answer_message,
+            fusion: match value.fusion {
+                FusionDto::Minmax => FusionRule::Minmax,
+                FusionDto::Rrf => FusionRule::Rrf,
+            },
+            dense_weight: value.dense_weight,
+            bm25_weight: value.bm25_weight,
+            rrf_k: value.rrf_k,
         }
     }
 }

@@ -392,9 +392,12 @@ pub struct SearchResultDto {
     /// Character offsets of the passage in the document's text.
     pub start_char: i64,
     pub end_char: i64,
-    /// Fused relevance in [0, 1].
+    /// The score that ranks results, in [0, 1]: the agent's fusion rule (`retrieval.fusion`) in
+    /// hybrid searches, else the one retriever's.
     pub score: f32,
+    /// The raw BM25 score, when BM25 found the passage.
     pub bm25_score: Option<f32>,
+    /// The cosine similarity to the query (what `retrieval.min_score` is compared with).
     pub dense_score: Option<f32>,
     pub snippet: SnippetDto,
 }

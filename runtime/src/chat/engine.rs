@@ -565,6 +565,7 @@ async fn run_turn(
             top_k: agent.retrieval.top_k as usize,
             min_score: agent.retrieval.min_score,
             mode: SearchMode::Hybrid,
+            fusion: agent.retrieval.fusion(),
         };
         let retrieval_started = Instant::now();
         let hits = runtime.knowledge().search(&request).await;
