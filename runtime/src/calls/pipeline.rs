@@ -184,6 +184,8 @@ struct Pipeline {
     /// Caller speech is being decided on (heard, not yet transcribed): the agent stays ducked.
     deciding: usize,
     last_speech_ms: Option<u64>,
+    /// Consecutive caller speech frames (echo excluded).
+    speech_run: u32,
     echo: EchoDetector,
     // Agent side.
     playout: Playout,
@@ -243,6 +245,7 @@ impl Pipeline {
             partial_in_flight: false,
             deciding: 0,
             last_speech_ms: None,
+            speech_run: 0,
             echo: EchoDetector::new(MAX_ECHO_DELAY_MS),
             playout: Playout::new((rate / 50) as usize),
             reference,
@@ -404,7 +407,9 @@ impl Pipeline {
         if let Some(heard) = &mut self.heard {
             heard.audio.extend_from_slice(frame);
         }
-        if probability >= options.start_threshold {
+        // Two speech frames in a row (64 ms) duck the agent: a single stray frame does not.
+        self.speech_run = if probability >= options.start_threshold { self.speech_run + 1 } else { 0 };
+        if self.speech_run >= 2 {
             self.last_speech_ms = Some(self.caller_ms());
             self.last_activity = Instant::now();
         }
