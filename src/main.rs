@@ -319,8 +319,9 @@ fn voice_engines(models_dir: &std::path::Path, threads: usize) -> Result<parley_
         &whisper_dir.join(parley_models::WHISPER_GGML_FILE),
         parley_models::WhisperOptions::default(),
     )
-        .map_err(|error| format!("speech-to-text: {error}"))?;
-    let vad = parley_models::vad::SileroVad::installed(models_dir).map_err(|error| format!("voice activity: {error}"))?;
+    .map_err(|error| format!("speech-to-text: {error}"))?;
+    let vad =
+        parley_models::vad::SileroVad::installed(models_dir).map_err(|error| format!("voice activity: {error}"))?;
     let mut voices: Vec<Arc<dyn TextToSpeech>> = Vec::new();
     match PiperVoice::installed(models_dir, threads.max(1)) {
         Ok(piper) => voices.push(Arc::new(piper)),

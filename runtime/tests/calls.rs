@@ -59,8 +59,8 @@ fn models() -> Option<&'static Models> {
     let loaded = MODELS.get_or_init(|| {
         let dir = models_dir();
         let failed = |what: &str, error: &dyn std::fmt::Display| format!("{what}: {error}");
-        let whisper_dir = installed_dir(&dir, &parley_models::WHISPER_TINY_EN_PACKAGE)
-            .map_err(|error| failed("whisper", &error))?;
+        let whisper_dir =
+            installed_dir(&dir, &parley_models::WHISPER_TINY_EN_PACKAGE).map_err(|error| failed("whisper", &error))?;
         let whisper = WhisperStt::load(&whisper_dir.join(WHISPER_GGML_FILE), WhisperOptions::default())
             .map_err(|error| failed("whisper", &error))?;
         let vad = SileroVad::installed(&dir).map_err(|error| failed("silero vad", &error))?;
@@ -256,7 +256,10 @@ impl Caller {
 
     /// How many times the answer's last sentence has been spoken.
     fn answers_finished(&self) -> usize {
-        self.captions(Speaker::Agent, true).iter().filter(|text| text.ends_with("anything else you need today.")).count()
+        self.captions(Speaker::Agent, true)
+            .iter()
+            .filter(|text| text.ends_with("anything else you need today."))
+            .count()
     }
 
     fn cleared(&self) -> bool {
@@ -281,7 +284,7 @@ impl Caller {
         assert!(calls::hang_up(runtime, self.call.id));
         self.run_until(|_| false).await;
         assert_eq!(self.ended, Some(EndReason::HungUp), "{:?}", self.summary());
-        assert!(matches!(self.call.events.recv().await, None), "`Ended` is the last event");
+        assert!(self.call.events.recv().await.is_none(), "`Ended` is the last event");
     }
 }
 
@@ -323,7 +326,11 @@ async fn question_and_answer(rate: u32) {
     // The disclosure comes first, before the greeting.
     caller.run_until(|caller| caller.has_caption(Speaker::Agent, "Hello")).await;
     let agent_captions = caller.captions(Speaker::Agent, true);
-    assert_eq!(agent_captions[..2], ["You are talking to an AI assistant.", "This call is transcribed."], "{agent_captions:?}");
+    assert_eq!(
+        agent_captions[..2],
+        ["You are talking to an AI assistant.", "This call is transcribed."],
+        "{agent_captions:?}"
+    );
     let first_audio = caller.events.iter().position(|(_, event)| matches!(event, CallEvent::Audio(_))).unwrap();
     let first_caption = caller.events.iter().position(|(_, event)| matches!(event, CallEvent::Caption { .. })).unwrap();
     assert!(first_caption < first_audio, "the disclosure's caption comes with its first audio");
@@ -353,8 +360,14 @@ async fn question_and_answer(rate: u32) {
     let utterance = user.utterance.clone().expect("the question's place in the call is stored");
     let asked_ms = asked_at * 20;
     let question_ms = (question.len() as u64 * 1000) / u64::from(rate);
-    assert!(utterance.start_ms + 300 >= asked_ms && utterance.start_ms <= asked_ms + 1000, "{utterance:?} asked at {asked_ms}");
-    assert!(utterance.end_ms > utterance.start_ms + question_ms / 2 && utterance.end_ms <= asked_ms + question_ms + 1000, "{utterance:?}");
+    assert!(
+        utterance.start_ms + 300 >= asked_ms && utterance.start_ms <= asked_ms + 1000,
+        "{utterance:?} asked at {asked_ms}"
+    );
+    assert!(
+        utterance.end_ms > utterance.start_ms + question_ms / 2 && utterance.end_ms <= asked_ms + question_ms + 1000,
+        "{utterance:?}"
+    );
     assert_eq!(utterance.language.as_deref(), Some("en"));
 
     assert_eq!(reply.role, MessageRole::Assistant);
@@ -491,7 +504,10 @@ async fn the_agents_own_echo_is_not_the_caller() {
     let frames = caller.events.iter().filter(|(_, event)| matches!(event, CallEvent::Audio(_))).count() as u64;
     caller.hang_up(&node.runtime).await;
     assert!(stats.echo_frames > 10, "the echo was recognised: {stats:?}");
-    assert!(stats.ducked_frames * 10 <= frames, "the agent was barely ducked by its echo: {stats:?} of {frames} frames");
+    assert!(
+        stats.ducked_frames * 10 <= frames,
+        "the agent was barely ducked by its echo: {stats:?} of {frames} frames"
+    );
     assert_eq!(stats.barge_ins, 0);
     assert!(caller.captions(Speaker::Caller, true).is_empty(), "{:?}", caller.summary());
     assert!(!caller.cleared());
@@ -574,7 +590,10 @@ async fn calls_are_refused_with_precise_errors() {
         &node.runtime,
         &node.principal,
         silent.id,
-        AgentInput { voice: Some(VoiceSettings { enabled: false, ..VoiceSettings::default() }), ..AgentInput::default() },
+        AgentInput {
+            voice: Some(VoiceSettings { enabled: false, ..VoiceSettings::default() }),
+            ..AgentInput::default()
+        },
     )
     .await
     .unwrap();

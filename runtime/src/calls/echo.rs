@@ -197,9 +197,8 @@ mod tests {
         let agent = noise(16_000 * 2, 11);
         let caller = noise(16_000 * 2, 12);
         let delay = 200 * 16;
-        let heard: Vec<f32> = (0..agent.len())
-            .map(|n| caller[n] * 0.8 + if n >= delay { agent[n - delay] * 0.3 } else { 0.0 })
-            .collect();
+        let heard: Vec<f32> =
+            (0..agent.len()).map(|n| caller[n] * 0.8 + if n >= delay { agent[n - delay] * 0.3 } else { 0.0 }).collect();
         let verdicts = run(&agent, &heard);
         assert!(verdicts.iter().all(|(correlation, _)| *correlation < ECHO_CORRELATION), "{verdicts:?}");
     }

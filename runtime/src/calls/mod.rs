@@ -68,7 +68,8 @@ impl VoiceEngines {
             .iter()
             .find(|voice| {
                 let id = voice.voice_id();
-                id.eq_ignore_ascii_case(name) || id.split_once(':').is_some_and(|(_, short)| short.eq_ignore_ascii_case(name))
+                id.eq_ignore_ascii_case(name)
+                    || id.split_once(':').is_some_and(|(_, short)| short.eq_ignore_ascii_case(name))
             })
             .or_else(|| self.voices.last())
             .cloned()
@@ -373,9 +374,8 @@ pub async fn start(runtime: &Runtime, public_id: &str, request: CallRequest) -> 
     let Some(engines) = runtime.calls().engines() else {
         return Err(Error::VoiceUnavailable("the speech models are not loaded".to_owned()));
     };
-    let voice = engines
-        .voice(&agent.voice.voice)
-        .ok_or_else(|| Error::VoiceUnavailable("no voice is loaded".to_owned()))?;
+    let voice =
+        engines.voice(&agent.voice.voice).ok_or_else(|| Error::VoiceUnavailable("no voice is loaded".to_owned()))?;
     let (call_id, hung_up) = runtime.calls().reserve(&agent)?;
     let slot = Slot { runtime: runtime.clone(), call_id };
     let session = session::start(runtime, &agent, request.channel, SessionRequest::default()).await?;
@@ -398,7 +398,8 @@ pub async fn start(runtime: &Runtime, public_id: &str, request: CallRequest) -> 
         transaction.commit().await?;
     }
     let settings = &runtime.settings().voice;
-    let capacity = usize::try_from(u64::from(request.sample_rate) * settings.input_buffer_ms / 1000).unwrap_or(usize::MAX);
+    let capacity =
+        usize::try_from(u64::from(request.sample_rate) * settings.input_buffer_ms / 1000).unwrap_or(usize::MAX);
     let audio_in = CallAudioIn::new(capacity);
     let (events, receiver) = mpsc::channel(EVENT_BUFFER);
     let conversation_id = session.conversation.id;
@@ -432,7 +433,13 @@ pub fn hang_up(runtime: &Runtime, call_id: Uuid) -> bool {
 
 /// Reports a call's end: `call.ended` (with its duration and reason), `conversation.ended`
 /// once no answer is being written any more, and the observer.
-async fn call_ended(runtime: &Runtime, session: &crate::chat::session::Session, call_id: Uuid, duration: Duration, reason: &EndReason) {
+async fn call_ended(
+    runtime: &Runtime,
+    session: &crate::chat::session::Session,
+    call_id: Uuid,
+    duration: Duration,
+    reason: &EndReason,
+) {
     let conversation = &session.conversation;
     let recorded: Result<()> = async {
         let mut data = crate::webhooks::conversation_data(conversation);

@@ -67,7 +67,8 @@ pub(super) async fn run(context: CallContext) {
     let started = Instant::now();
     let mut pipeline = match Pipeline::new(context, started) {
         Ok(pipeline) => pipeline,
-        Err((context, reason)) => {
+        Err(failed) => {
+            let (context, reason) = *failed;
             finish(context, started, EndReason::Error(reason)).await;
             return;
         }
@@ -90,9 +91,23 @@ async fn finish(context: CallContext, started: Instant, reason: EndReason) {
 
 /// What a helper task reports to the call's task.
 enum Report {
-    Transcribed { kind: Transcription, result: Result<Transcript, ModelError>, took: Duration },
-    Answer { reply: u64, event: TurnEvent },
-    Synthesized { generation: u64, reply: Option<u64>, text: String, samples: Vec<f32>, took: Duration, interruptible: bool },
+    Transcribed {
+        kind: Transcription,
+        result: Result<Transcript, ModelError>,
+        took: Duration,
+    },
+    Answer {
+        reply: u64,
+        event: TurnEvent,
+    },
+    Synthesized {
+        generation: u64,
+        reply: Option<u64>,
+        text: String,
+        samples: Vec<f32>,
+        took: Duration,
+        interruptible: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -199,7 +214,7 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(context: CallContext, started: Instant) -> Result<Self, (CallContext, String)> {
+    fn new(context: CallContext, started: Instant) -> Result<Self, Box<(CallContext, String)>> {
         let rate = context.sample_rate;
         let agent = &context.session.agent;
         let options = EndOfTurnOptions {
@@ -214,7 +229,7 @@ impl Pipeline {
         })();
         let (resampler, reference, turn) = match parts {
             Ok(parts) => parts,
-            Err(reason) => return Err((context, reason)),
+            Err(reason) => return Err(Box::new((context, reason))),
         };
         let language = Some(parley_models::stt::primary_language(&agent.language)).filter(|code| !code.is_empty());
         let (report, reports) = mpsc::unbounded_channel();
@@ -421,7 +436,8 @@ impl Pipeline {
                     .min(self.recent.len());
                 let audio: Vec<f32> = self.recent.iter().skip(self.recent.len() - keep).copied().collect();
                 self.utterances += 1;
-                self.heard = Some(Heard { number: self.utterances, start_ms: at_ms.saturating_sub(100), audio, partial_at: 0 });
+                self.heard =
+                    Some(Heard { number: self.utterances, start_ms: at_ms.saturating_sub(100), audio, partial_at: 0 });
             }
             Some(VadEvent::SpeechEnded { at_ms, .. }) => {
                 let end_of_turn_ms = self.caller_ms().saturating_sub(at_ms) as f64;
@@ -467,12 +483,8 @@ impl Pipeline {
     fn transcribe_final(&mut self, heard: Heard, end_ms: u64, end_of_turn_ms: f64) {
         let audio: Arc<[f32]> = heard.audio.into();
         self.deciding += 1;
-        let kind = Transcription::Final {
-            start_ms: heard.start_ms,
-            end_ms,
-            end_of_turn_ms,
-            detected_at: Instant::now(),
-        };
+        let kind =
+            Transcription::Final { start_ms: heard.start_ms, end_ms, end_of_turn_ms, detected_at: Instant::now() };
         self.transcribe(audio, kind, true);
     }
 
@@ -546,7 +558,7 @@ impl Pipeline {
                 if generation == self.generation.load(Ordering::SeqCst) {
                     self.playout.push(Segment { reply, text, samples, interruptible });
                 }
-                    }
+            }
         }
         Ok(())
     }
@@ -762,7 +774,11 @@ impl Pipeline {
             message.finish_reason = Some("interrupted".to_owned());
             message.text = session::text_to_store(&session.agent, &session.conversation, &said);
         } else {
-            message.text = session::text_to_store(&session.agent, &session.conversation, complete.text.as_deref().unwrap_or_default());
+            message.text = session::text_to_store(
+                &session.agent,
+                &session.conversation,
+                complete.text.as_deref().unwrap_or_default(),
+            );
         }
         let first_audio_ms = reply
             .first_audio_at

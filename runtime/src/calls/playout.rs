@@ -98,14 +98,17 @@ impl Playout {
         if self.segments.is_empty() {
             return None;
         }
-        let mut frame = Frame { samples: Vec::with_capacity(self.frame_len), started: Vec::new(), finished: Vec::new() };
+        let mut frame =
+            Frame { samples: Vec::with_capacity(self.frame_len), started: Vec::new(), finished: Vec::new() };
         while frame.samples.len() < self.frame_len {
             let Some(segment) = self.segments.front() else { break };
             if self.position == 0 {
                 frame.started.push(SegmentInfo { reply: segment.reply, text: segment.text.clone() });
             }
             let take = (self.frame_len - frame.samples.len()).min(segment.samples.len() - self.position);
-            frame.samples.extend(segment.samples[self.position..self.position + take].iter().map(|sample| to_i16(sample * gain)));
+            frame.samples.extend(
+                segment.samples[self.position..self.position + take].iter().map(|sample| to_i16(sample * gain)),
+            );
             self.position += take;
             if self.position == segment.samples.len() {
                 frame.finished.push(SegmentInfo { reply: segment.reply, text: segment.text.clone() });
@@ -156,7 +159,12 @@ mod tests {
     #[test]
     fn gain_scales_and_clips() {
         let mut playout = Playout::new(4);
-        playout.push(Segment { reply: None, text: String::new(), samples: vec![0.5, -0.5, 2.0, -2.0], interruptible: true });
+        playout.push(Segment {
+            reply: None,
+            text: String::new(),
+            samples: vec![0.5, -0.5, 2.0, -2.0],
+            interruptible: true,
+        });
         let frame = playout.next_frame(0.25).unwrap();
         assert_eq!(frame.samples, vec![to_i16(0.125), to_i16(-0.125), to_i16(0.5), to_i16(-0.5)]);
         assert_eq!(to_i16(3.0), 32767);

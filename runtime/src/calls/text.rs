@@ -4,7 +4,8 @@
 /// A sentence longer than this is cut at its last comma or space, so synthesis starts early.
 const MAX_SENTENCE_CHARS: usize = 240;
 /// Abbreviations whose full stop ends no sentence.
-const ABBREVIATIONS: &[&str] = &["mr", "mrs", "ms", "dr", "prof", "st", "e.g", "i.e", "vs", "no", "approx", "inc", "ltd"];
+const ABBREVIATIONS: &[&str] =
+    &["mr", "mrs", "ms", "dr", "prof", "st", "e.g", "i.e", "vs", "no", "approx", "inc", "ltd"];
 
 /// Splits streamed text into sentences as soon as each is complete.
 #[derive(Debug, Default)]
@@ -57,7 +58,7 @@ fn sentence_end(text: &str) -> Option<usize> {
             next += 1;
         }
         // The sentence is complete only once what follows is known to be white space.
-        let Some(&(after, following)) = chars.get(next) else { return None };
+        let &(after, following) = chars.get(next)?;
         if !following.is_whitespace() {
             continue;
         }
@@ -99,7 +100,8 @@ pub fn speakable(sentence: &str) -> String {
                 }
                 inner.push(next);
             }
-            let marker = closed && !inner.is_empty() && inner.chars().all(|c| c.is_ascii_digit() || c == ',' || c == ' ');
+            let marker =
+                closed && !inner.is_empty() && inner.chars().all(|c| c.is_ascii_digit() || c == ',' || c == ' ');
             if !marker {
                 out.push('[');
                 out.push_str(&inner);
