@@ -53,6 +53,7 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub webhooks: WebhookSettings,
     pub exports: ExportSettings,
+    pub voice: VoiceSettings,
     /// The user's home directory, from `HOME` (not a setting), for default cache paths.
     #[serde(skip)]
     pub home_dir: Option<PathBuf>,
@@ -76,6 +77,7 @@ impl Default for Settings {
             retention: RetentionSettings::default(),
             webhooks: WebhookSettings::default(),
             exports: ExportSettings::default(),
+            voice: VoiceSettings::default(),
             home_dir: None,
         }
     }
@@ -381,6 +383,43 @@ impl Default for ExportSettings {
     }
 }
 
+/// Voice calls (WebRTC and phone): limits and turn-taking. Each agent's own voice settings
+/// (voice, silence window, disclosure, call limit) are part of the agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoiceSettings {
+    /// Longest call, in seconds; the call then ends with reason `timeout`.
+    pub max_call_seconds: u64,
+    /// A call in which nobody has spoken (caller or agent) for this many seconds ends with
+    /// reason `timeout`.
+    pub idle_timeout_seconds: u64,
+    /// Short caller utterances that acknowledge the agent without interrupting it (matched
+    /// case-insensitively, ignoring punctuation).
+    pub backchannels: Vec<String>,
+    /// While the caller speaks, the utterance so far is transcribed again this often (when the
+    /// shared speech-to-text queue has room) for live captions, in milliseconds; 0 turns
+    /// partial captions off.
+    pub partial_interval_ms: u64,
+    /// Caller audio held for a pipeline that falls behind, in milliseconds; older audio is
+    /// dropped beyond that.
+    pub input_buffer_ms: u64,
+    /// The agent's volume while the caller speaks over it, as a fraction (0 to 1).
+    pub duck_gain: f32,
+}
+
+impl Default for VoiceSettings {
+    fn default() -> Self {
+        Self {
+            max_call_seconds: 3600,
+            idle_timeout_seconds: 120,
+            backchannels: ["uh-huh", "yeah", "okay", "mm-hmm", "right"].map(str::to_owned).to_vec(),
+            partial_interval_ms: 1000,
+            input_buffer_ms: 5000,
+            duck_gain: 0.3,
+        }
+    }
+}
+
 /// The key that encrypts secrets at rest (provider API keys, identity secrets, resume tokens'
 /// signing key).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -565,6 +604,19 @@ impl Settings {
                 "retry_window_seconds, poll_interval_ms and max_concurrent_deliveries must be at least 1",
             ));
         }
+        let voice = &self.voice;
+        if voice.max_call_seconds == 0 || voice.idle_timeout_seconds == 0 || voice.input_buffer_ms < 100 {
+            return Err(invalid(
+                "voice.max_call_seconds",
+                "max_call_seconds and idle_timeout_seconds must be at least 1, input_buffer_ms at least 100",
+            ));
+        }
+        if !(0.0..=1.0).contains(&voice.duck_gain) {
+            return Err(invalid("voice.duck_gain", "must be between 0 and 1"));
+        }
+        if voice.backchannels.iter().any(|phrase| phrase.trim().is_empty() || phrase.len() > 64) {
+            return Err(invalid("voice.backchannels", "each phrase must be 1 to 64 characters"));
+        }
         if self.secrets.key.is_some() && self.secrets.key_file.is_some() {
             return Err(invalid("secrets.key", "set either secrets.key or secrets.key_file, not both"));
         }
@@ -686,6 +738,12 @@ pub const SETTING_KEYS: &[&str] = &[
     "webhooks.poll_interval_ms",
     "webhooks.max_concurrent_deliveries",
     "exports.expire_days",
+    "voice.max_call_seconds",
+    "voice.idle_timeout_seconds",
+    "voice.backchannels",
+    "voice.partial_interval_ms",
+    "voice.input_buffer_ms",
+    "voice.duck_gain",
 ];
 
 /// True when `path` names a setting of `Settings`.

@@ -82,6 +82,15 @@ pub enum Error {
     #[error("no conversations found for this {kind}")]
     UnknownSubject { kind: &'static str },
     /// Fine-tuning data was requested while the tenant's model-improvement opt-in is off.
+    /// The agent does not take voice calls.
+    #[error("this agent does not take voice calls")]
+    VoiceDisabled,
+    /// The agent already has as many live calls as it allows.
+    #[error("this agent already has {max} live calls, its limit; try again later")]
+    CallLimit { max: u32 },
+    /// The speech models (speech-to-text, voice activity, voices) are not loaded on this node.
+    #[error("voice calls are unavailable on this node: {0}")]
+    VoiceUnavailable(String),
     #[error("model improvement is off for this tenant: its conversations are used only to answer its own visitors; the owner can turn it on at /admin/v1/model-improvement")]
     ModelImprovementOff,
 }
@@ -107,6 +116,9 @@ impl Error {
             Error::Busy => ErrorKind::Conflict,
             Error::UnknownSubject { .. } => ErrorKind::NotFound,
             Error::ModelImprovementOff => ErrorKind::PermissionDenied,
+            Error::VoiceDisabled => ErrorKind::PermissionDenied,
+            Error::CallLimit { .. } => ErrorKind::RateLimited,
+            Error::VoiceUnavailable(_) => ErrorKind::ModelUnavailable,
             Error::ModelUnavailable(_) => ErrorKind::ModelUnavailable,
             Error::Provider(_) => ErrorKind::ProviderFailed,
             Error::Timeout { .. } => ErrorKind::Timeout,
@@ -148,6 +160,9 @@ impl Error {
             Error::Busy => "busy",
             Error::UnknownSubject { .. } => "subject_not_found",
             Error::ModelImprovementOff => "model_improvement_off",
+            Error::VoiceDisabled => "voice_disabled",
+            Error::CallLimit { .. } => "call_limit",
+            Error::VoiceUnavailable(_) => "voice_unavailable",
             Error::ModelUnavailable(_) => "model_unavailable",
             Error::Provider(_) => "provider_error",
             Error::Timeout { .. } => "timeout",

@@ -905,6 +905,7 @@ mod tests {
             prompt_tokens: 0,
             completion_tokens: 0,
             created_at: OffsetDateTime::UNIX_EPOCH,
+            utterance: None,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod analytics;
 pub mod audit;
 pub mod auth;
 pub mod backup;
+pub mod calls;
 pub mod chat;
 pub mod documents;
 pub mod erasure;
@@ -59,6 +60,8 @@ pub struct Runtime {
     rotation: Arc<tokio::sync::Mutex<()>>,
     models: Arc<ModelRegistry>,
     chat: Arc<ChatEngine>,
+    /// Live voice calls and the speech engines they share.
+    calls: Arc<calls::CallEngine>,
     /// VADER for visitor messages' sentiment, once loaded (analytics go without it otherwise).
     sentiment: Arc<std::sync::RwLock<Option<Arc<parley_models::Vader>>>>,
 }
@@ -97,6 +100,7 @@ impl Runtime {
             rotation: Arc::new(tokio::sync::Mutex::new(())),
             models,
             chat,
+            calls: Arc::default(),
             sentiment: Arc::default(),
         })
     }
@@ -140,6 +144,11 @@ impl Runtime {
     /// Chat turns in progress on this node.
     pub fn live_chat_turns(&self) -> usize {
         self.chat.live_turns()
+    }
+
+    /// Voice calls on this node: the speech engines and the live calls.
+    pub fn calls(&self) -> &calls::CallEngine {
+        &self.calls
     }
 
     pub(crate) fn chat_engine(&self) -> &ChatEngine {

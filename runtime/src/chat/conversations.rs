@@ -107,6 +107,38 @@ pub struct Timings {
     /// Answer tokens per second of generation (after the first token).
     pub tokens_per_second: Option<f64>,
     pub total_ms: f64,
+    /// Spoken answers (voice calls): the stages from the end of the caller's speech to the
+    /// first audio of the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice: Option<VoiceTimings>,
+}
+
+/// How long the stages of a spoken turn took, in milliseconds: from the end of the caller's
+/// speech to the first audio of the agent's answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VoiceTimings {
+    /// The silence waited for before the caller's turn counted as over.
+    pub end_of_turn_ms: f64,
+    /// Transcribing the caller's utterance (queue wait included).
+    pub transcription_ms: f64,
+    /// Searching the knowledge base.
+    pub retrieval_ms: f64,
+    /// From the question to the answer's first text.
+    pub first_token_ms: Option<f64>,
+    /// Synthesising the answer's first sentence.
+    pub synthesis_ms: Option<f64>,
+    /// From the end of the caller's speech to the answer's first audio frame.
+    pub first_audio_ms: Option<f64>,
+}
+
+/// Where a spoken message lies in its call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Utterance {
+    /// Milliseconds from the start of the call.
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// ISO 639-1 code: as transcribed (caller) or as spoken (agent).
+    pub language: Option<String>,
 }
 
 /// One stored message. `text` is `None` where the conversation stores no text.
@@ -128,6 +160,8 @@ pub struct StoredMessage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub created_at: OffsetDateTime,
+    /// Spoken messages (voice calls): the message's place in the call and its language.
+    pub utterance: Option<Utterance>,
 }
 
 /// Filters of the conversation list; unset fields match everything.

@@ -428,6 +428,7 @@ fn visitor_message(session: &Session, text: &str, client_message_id: String) -> 
         prompt_tokens: 0,
         completion_tokens: 0,
         created_at: storage::now(),
+        utterance: None,
     }
 }
 
@@ -745,6 +746,7 @@ async fn finish_turn(
         first_token_ms: outcome.first_token_at.map(|first| first.duration_since(started).as_secs_f64() * 1e3),
         tokens_per_second,
         total_ms: total.as_secs_f64() * 1e3,
+        voice: None,
     };
     let reply = StoredMessage {
         id: Uuid::now_v7(),
@@ -761,6 +763,7 @@ async fn finish_turn(
         prompt_tokens: outcome.prompt_tokens,
         completion_tokens: outcome.completion_tokens,
         created_at: storage::now(),
+        utterance: None,
     };
     let stored =
         StoredMessage { text: session::text_to_store(&session.agent, conversation, &outcome.text), ..reply.clone() };

@@ -4,7 +4,7 @@ use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
 use super::{from_millis, parse_uuid, to_millis};
-use crate::chat::conversations::{Channel, Conversation, ConversationFilter, MessageRole, StoredMessage};
+use crate::chat::conversations::{Channel, Conversation, ConversationFilter, MessageRole, StoredMessage, Utterance};
 use crate::error::{Error, Result};
 use crate::page::PageRequest;
 
@@ -12,7 +12,8 @@ const CONVERSATION_COLUMNS: &str =
     "id, tenant_id, agent_id, channel, visitor_id, identity, stores_text, started_at, last_activity_at";
 const MESSAGE_COLUMNS: &str =
     "id, tenant_id, conversation_id, role, text, client_message_id, reply_to, finish_reason, \
-                               citations_json, model, timings_json, prompt_tokens, completion_tokens, created_at";
+                               citations_json, model, timings_json, prompt_tokens, completion_tokens, created_at, \
+                               speech_start_ms, speech_end_ms, speech_language";
 
 pub async fn insert(connection: &mut AnyConnection, conversation: &Conversation) -> Result<()> {
     sqlx::query(&format!(
@@ -82,7 +83,7 @@ pub async fn list(
 pub async fn insert_message(connection: &mut AnyConnection, message: &StoredMessage) -> Result<()> {
     sqlx::query(&format!(
         "INSERT INTO messages ({MESSAGE_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
     ))
     .bind(message.id.to_string())
     .bind(message.tenant_id.to_string())
@@ -98,9 +99,58 @@ pub async fn insert_message(connection: &mut AnyConnection, message: &StoredMess
     .bind(i64::from(message.prompt_tokens))
     .bind(i64::from(message.completion_tokens))
     .bind(to_millis(message.created_at))
+    .bind(message.utterance.as_ref().map(|utterance| clamp_ms(utterance.start_ms)))
+    .bind(message.utterance.as_ref().map(|utterance| clamp_ms(utterance.end_ms)))
+    .bind(message.utterance.as_ref().and_then(|utterance| utterance.language.clone()))
     .execute(connection)
     .await?;
     Ok(())
+}
+
+/// Records where a spoken message lies in its call and its language.
+pub async fn set_utterance(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    message_id: Uuid,
+    utterance: &Utterance,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE messages SET speech_start_ms = $1, speech_end_ms = $2, speech_language = $3 \
+         WHERE tenant_id = $4 AND id = $5",
+    )
+    .bind(clamp_ms(utterance.start_ms))
+    .bind(clamp_ms(utterance.end_ms))
+    .bind(utterance.language.as_deref())
+    .bind(tenant_id.to_string())
+    .bind(message_id.to_string())
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Rewrites a spoken answer as it was heard: its text (what was played, when the caller cut it
+/// short), finish reason, timings and place in the call.
+pub async fn set_spoken_reply(connection: &mut AnyConnection, message: &StoredMessage) -> Result<bool> {
+    let utterance = message.utterance.as_ref();
+    let updated = sqlx::query(
+        "UPDATE messages SET text = $1, finish_reason = $2, timings_json = $3, speech_start_ms = $4, \
+         speech_end_ms = $5, speech_language = $6 WHERE tenant_id = $7 AND id = $8",
+    )
+    .bind(message.text.as_deref())
+    .bind(message.finish_reason.as_deref())
+    .bind(to_json(&message.timings)?)
+    .bind(utterance.map(|utterance| clamp_ms(utterance.start_ms)))
+    .bind(utterance.map(|utterance| clamp_ms(utterance.end_ms)))
+    .bind(utterance.and_then(|utterance| utterance.language.clone()))
+    .bind(message.tenant_id.to_string())
+    .bind(message.id.to_string())
+    .execute(connection)
+    .await?;
+    Ok(updated.rows_affected() > 0)
+}
+
+fn clamp_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 /// The visitor's message with this client message id, if stored.
@@ -203,5 +253,14 @@ fn decode_message(row: &sqlx::any::AnyRow) -> Result<StoredMessage> {
         prompt_tokens: u32::try_from(row.try_get::<i64, _>("prompt_tokens")?).unwrap_or(u32::MAX),
         completion_tokens: u32::try_from(row.try_get::<i64, _>("completion_tokens")?).unwrap_or(u32::MAX),
         created_at: from_millis(row.try_get("created_at")?)?,
+        utterance: decode_utterance(row)?,
     })
+}
+
+fn decode_utterance(row: &sqlx::any::AnyRow) -> Result<Option<Utterance>> {
+    let start: Option<i64> = row.try_get("speech_start_ms")?;
+    let end: Option<i64> = row.try_get("speech_end_ms")?;
+    let (Some(start), Some(end)) = (start, end) else { return Ok(None) };
+    let ms = |value: i64| u64::try_from(value).map_err(|_| Error::Corrupt(format!("message speech time {value}")));
+    Ok(Some(Utterance { start_ms: ms(start)?, end_ms: ms(end)?, language: row.try_get("speech_language")? }))
 }
