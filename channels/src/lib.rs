@@ -123,10 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/demo/{public_id}", get(chat::demo_page))
         .route("/v1/agents/{public_id}/widget", get(chat::widget_appearance))
         .route("/v1/agents/{public_id}/chat", get(chat::ws::upgrade))
-        .route(
-            "/v1/agents/{public_id}/voice",
-            axum::routing::post(voice::whip::offer).options(voice::whip::preflight),
-        )
+        .route("/v1/agents/{public_id}/voice", axum::routing::post(voice::whip::offer).options(voice::whip::preflight))
         .route("/v1/calls/{call_id}", axum::routing::delete(voice::whip::hang_up).options(voice::whip::preflight))
         .route("/v1/agents/{public_id}/phone/twilio", get(voice::twilio::upgrade))
         .route("/v1/chat/completions", axum::routing::post(chat::openai::completions))

@@ -688,7 +688,8 @@ impl Settings {
             return Err(invalid("webrtc.stun_servers", "each URL must start with stun: or stuns:"));
         }
         if webrtc.turn_servers.iter().any(|server| {
-            server.urls.is_empty() || server.urls.iter().any(|url| !url.starts_with("turn:") && !url.starts_with("turns:"))
+            server.urls.is_empty()
+                || server.urls.iter().any(|url| !url.starts_with("turn:") && !url.starts_with("turns:"))
         }) {
             return Err(invalid("webrtc.turn_servers", "each server needs urls starting with turn: or turns:"));
         }
@@ -1029,7 +1030,11 @@ mod tests {
             ("PARLEY_WEBRTC__PUBLIC_IP", "not-an-ip", "webrtc.public_ip"),
             ("PARLEY_WEBRTC__UDP_PORT_MIN", "40000", "webrtc.udp_port_min"),
             ("PARLEY_WEBRTC__STUN_SERVERS", r#"["http://x"]"#, "webrtc.stun_servers"),
-            ("PARLEY_WEBRTC__TURN_SERVERS", r#"[{ urls = [], username = "", credential = "" }]"#, "webrtc.turn_servers"),
+            (
+                "PARLEY_WEBRTC__TURN_SERVERS",
+                r#"[{ urls = [], username = "", credential = "" }]"#,
+                "webrtc.turn_servers",
+            ),
         ] {
             let error = load_env(&[(variable, value)]).unwrap_err().to_string();
             assert!(error.contains(key), "{variable}: {error}");

@@ -67,7 +67,9 @@ pub async fn set(
     let provider = parse_provider(provider)?;
     let account_sid = account_sid.trim();
     // Twilio account SIDs are "AC" and 32 hexadecimal digits.
-    if account_sid.len() != 34 || !account_sid.starts_with("AC") || !account_sid[2..].bytes().all(|b| b.is_ascii_hexdigit())
+    if account_sid.len() != 34
+        || !account_sid.starts_with("AC")
+        || !account_sid[2..].bytes().all(|b| b.is_ascii_hexdigit())
     {
         return Err(Error::invalid("account_sid", "must be \"AC\" followed by 32 hexadecimal digits"));
     }

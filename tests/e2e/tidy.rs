@@ -58,7 +58,10 @@ fn dependencies_point_one_way() {
         if directory != "channels" {
             for line in manifest.lines() {
                 let name = line.split(['.', ' ', '=']).next().unwrap_or_default();
-                assert!(!network_types.contains(&name), "only channels serves HTTP and WebRTC: {directory} depends on {name}");
+                assert!(
+                    !network_types.contains(&name),
+                    "only channels serves HTTP and WebRTC: {directory} depends on {name}"
+                );
             }
         }
     }

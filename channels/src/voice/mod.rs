@@ -36,7 +36,10 @@ mod tests {
     fn captions_have_the_documented_shape() {
         let caption: serde_json::Value =
             serde_json::from_str(&captions_message(Speaker::Caller, "hello \"there\"", false)).unwrap();
-        assert_eq!(caption, json!({ "type": "caption", "speaker": "caller", "text": "hello \"there\"", "final": false }));
+        assert_eq!(
+            caption,
+            json!({ "type": "caption", "speaker": "caller", "text": "hello \"there\"", "final": false })
+        );
         let ended: serde_json::Value =
             serde_json::from_str(&ended_message(&EndReason::Error("boom".to_owned()))).unwrap();
         assert_eq!(ended, json!({ "type": "ended", "reason": "error" }));

@@ -139,8 +139,12 @@ pub async fn upgrade(
     let claimed = headers.get("x-twilio-signature").and_then(|value| value.to_str().ok()).unwrap_or("");
     if !signature_valid(&credentials.auth_token, &signed_urls(&state, &headers, &uri), claimed) {
         tracing::warn!(tenant_id = %agent.tenant_id, "phone stream refused: bad or missing Twilio signature");
-        return ApiError::new(StatusCode::FORBIDDEN, "invalid_signature", "the X-Twilio-Signature header does not match")
-            .into_response();
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_signature",
+            "the X-Twilio-Signature header does not match",
+        )
+        .into_response();
     }
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
@@ -270,19 +274,16 @@ async fn converse(
         return Err(Refusal::policy("stream of another Twilio account"));
     }
     if let Some(format) = &start.media_format {
-        if !format.encoding.eq_ignore_ascii_case("audio/x-mulaw") || format.sample_rate != SAMPLE_RATE || format.channels != 1
+        if !format.encoding.eq_ignore_ascii_case("audio/x-mulaw")
+            || format.sample_rate != SAMPLE_RATE
+            || format.channels != 1
         {
             return Err(Refusal::policy("only audio/x-mulaw at 8000 Hz mono is supported"));
         }
     }
     let caller = start.custom_parameters.get("From").and_then(|value| value.as_str()).map(str::to_owned);
-    let request = CallRequest {
-        channel: Channel::Phone,
-        origin: None,
-        own_origin: None,
-        caller,
-        sample_rate: SAMPLE_RATE,
-    };
+    let request =
+        CallRequest { channel: Channel::Phone, origin: None, own_origin: None, caller, sample_rate: SAMPLE_RATE };
     let call = match calls::start(&state.runtime, public_id, request).await {
         Ok(call) => call,
         Err(error) => {

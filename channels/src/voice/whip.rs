@@ -75,8 +75,9 @@ fn bad_offer(code: &'static str, detail: &str) -> ApiError {
 
 /// Checks an SDP offer: it parses, it has an audio section, and that section offers Opus.
 pub fn check_offer(sdp: &str) -> Result<(), ApiError> {
-    let description = webrtc::sdp::description::session::SessionDescription::unmarshal(&mut Cursor::new(sdp.as_bytes()))
-        .map_err(|_| bad_offer("invalid_sdp", "the body is not a valid SDP offer"))?;
+    let description =
+        webrtc::sdp::description::session::SessionDescription::unmarshal(&mut Cursor::new(sdp.as_bytes()))
+            .map_err(|_| bad_offer("invalid_sdp", "the body is not a valid SDP offer"))?;
     let audio: Vec<_> =
         description.media_descriptions.iter().filter(|media| media.media_name.media == "audio").collect();
     if audio.is_empty() {
@@ -86,7 +87,10 @@ pub fn check_offer(sdp: &str) -> Result<(), ApiError> {
         media.attributes.iter().any(|attribute| {
             attribute.key == "rtpmap"
                 && attribute.value.as_deref().is_some_and(|value| {
-                    value.split_whitespace().nth(1).is_some_and(|codec| codec.to_ascii_lowercase().starts_with("opus/48000"))
+                    value
+                        .split_whitespace()
+                        .nth(1)
+                        .is_some_and(|codec| codec.to_ascii_lowercase().starts_with("opus/48000"))
                 })
         })
     });
@@ -168,7 +172,8 @@ async fn answer(
     })?;
     let sdp = String::from_utf8(bytes.to_vec()).map_err(|_| bad_offer("invalid_sdp", "the offer is not UTF-8"))?;
     check_offer(&sdp)?;
-    let offer = RTCSessionDescription::offer(sdp).map_err(|_| bad_offer("invalid_sdp", "the body is not a valid SDP offer"))?;
+    let offer =
+        RTCSessionDescription::offer(sdp).map_err(|_| bad_offer("invalid_sdp", "the body is not a valid SDP offer"))?;
 
     let request = CallRequest {
         channel: Channel::Voice,
@@ -289,7 +294,11 @@ async fn connect(settings: &WebrtcSettings, offer: RTCSessionDescription) -> Res
     let mut media = MediaEngine::default();
     media
         .register_codec(
-            RTCRtpCodecParameters { capability: opus_capability(), payload_type: OPUS_PAYLOAD_TYPE, ..Default::default() },
+            RTCRtpCodecParameters {
+                capability: opus_capability(),
+                payload_type: OPUS_PAYLOAD_TYPE,
+                ..Default::default()
+            },
             RTPCodecType::Audio,
         )
         .map_err(internal)?;
@@ -320,7 +329,8 @@ async fn negotiate(
         ApiError::internal()
     };
     let track = Arc::new(TrackLocalStaticSample::new(opus_capability(), "agent".to_owned(), "parley".to_owned()));
-    let sender = connection.add_track(Arc::clone(&track) as Arc<dyn TrackLocal + Send + Sync>).await.map_err(internal)?;
+    let sender =
+        connection.add_track(Arc::clone(&track) as Arc<dyn TrackLocal + Send + Sync>).await.map_err(internal)?;
     // RTCP from the caller must be read for the interceptors to work; the loop ends when the
     // connection closes.
     tokio::spawn(async move { while sender.read_rtcp().await.is_ok() {} });
@@ -473,11 +483,7 @@ async fn run_call(state: AppState, settings: WebrtcSettings, call: calls::Call, 
 }
 
 /// Sends a caption on the caller's data channel, or holds it until the channel opens.
-async fn send_caption(
-    captions: &Arc<Mutex<Option<Arc<RTCDataChannel>>>>,
-    pending: &mut Vec<String>,
-    message: String,
-) {
+async fn send_caption(captions: &Arc<Mutex<Option<Arc<RTCDataChannel>>>>, pending: &mut Vec<String>, message: String) {
     let channel = captions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let open = channel.filter(|channel| channel.ready_state() == RTCDataChannelState::Open);
     let Some(channel) = open else {
@@ -527,16 +533,14 @@ mod tests {
 
     #[test]
     fn offers_are_checked_for_audio_and_opus() {
-        let opus = format!(
-            "{OFFER_HEAD}m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:111 opus/48000/2\r\n"
-        );
+        let opus =
+            format!("{OFFER_HEAD}m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:111 opus/48000/2\r\n");
         assert!(check_offer(&opus).is_ok());
         let pcmu_only =
             format!("{OFFER_HEAD}m=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:0 PCMU/8000\r\n");
         assert_eq!(check_offer(&pcmu_only).unwrap_err().code(), "no_opus");
-        let video = format!(
-            "{OFFER_HEAD}m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:96 VP8/90000\r\n"
-        );
+        let video =
+            format!("{OFFER_HEAD}m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:96 VP8/90000\r\n");
         assert_eq!(check_offer(&video).unwrap_err().code(), "no_audio");
         assert_eq!(check_offer("hello").unwrap_err().code(), "invalid_sdp");
         assert_eq!(check_offer("").unwrap_err().code(), "invalid_sdp");
