@@ -21,6 +21,7 @@
 
 mod echo;
 mod pipeline;
+mod playout;
 mod text;
 
 use std::collections::HashMap;
@@ -88,6 +89,31 @@ pub struct CallEngine {
     engines: RwLock<Option<Arc<VoiceEngines>>>,
     live: Mutex<HashMap<Uuid, LiveCall>>,
     observer: RwLock<Option<Arc<dyn CallObserver>>>,
+    stats: Counters,
+}
+
+/// Counters of what the node's calls have done, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Caller-side VAD frames recognised as the agent's own audio coming back.
+    pub echo_frames: u64,
+    /// Agent audio frames played at lowered volume because the caller spoke over them.
+    pub ducked_frames: u64,
+    /// Times a caller interrupted the agent.
+    pub barge_ins: u64,
+    /// Caller utterances taken as backchannels (the agent went on).
+    pub backchannels: u64,
+    /// Caller transcripts ignored because they repeated the agent's own words.
+    pub echo_transcripts: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    echo_frames: AtomicU64,
+    ducked_frames: AtomicU64,
+    barge_ins: AtomicU64,
+    backchannels: AtomicU64,
+    echo_transcripts: AtomicU64,
 }
 
 impl std::fmt::Debug for CallEngine {
@@ -120,6 +146,18 @@ impl CallEngine {
     /// Calls in progress on this node.
     pub fn live_calls(&self) -> usize {
         lock(&self.live).len()
+    }
+
+    /// What the node's calls have done so far.
+    pub fn stats(&self) -> CallStats {
+        let stats = &self.stats;
+        CallStats {
+            echo_frames: stats.echo_frames.load(Ordering::Relaxed),
+            ducked_frames: stats.ducked_frames.load(Ordering::Relaxed),
+            barge_ins: stats.barge_ins.load(Ordering::Relaxed),
+            backchannels: stats.backchannels.load(Ordering::Relaxed),
+            echo_transcripts: stats.echo_transcripts.load(Ordering::Relaxed),
+        }
     }
 
     /// Registers who is told about calls and spoken turns.

@@ -1,0 +1,596 @@
+//! Voice calls driven with real PCM through the real engines: whisper tiny.en, Silero VAD and
+//! the Piper voice from the model cache, over SQLite in a temporary directory. The caller's
+//! speech is synthesised by the Piper voice during the test and sent in real time, 20 ms at a
+//! time, at 48 kHz (WebRTC) or 8 kHz (phone).
+//!
+//! The agent searches its knowledge base, which holds no documents, so every answer is its
+//! fixed "don't know" message, without a language model: the answers are deterministic.
+//!
+//! Tests that need the models skip loudly when they are not installed, unless
+//! `PARLEY_REQUIRE_MODELS` is set: then they fail.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use parley_config::Settings;
+use parley_models::audio::StreamResampler;
+use parley_models::tts::{EspeakVoice, PiperVoice, TextToSpeech};
+use parley_models::vad::SileroVad;
+use parley_models::{installed_dir, BertEmbedder, WhisperOptions, WhisperStt, EMBEDDING_PACKAGE, WHISPER_GGML_FILE};
+use parley_runtime::agents::{self, Agent, AgentInput, RetrievalSettings, VoiceSettings};
+use parley_runtime::calls::{self, Call, CallEvent, CallRequest, EndReason, Speaker, VoiceEngines};
+use parley_runtime::chat::conversations::{Channel, MessageRole, StoredMessage};
+use parley_runtime::storage::Database;
+use parley_runtime::{auth, tenants, Runtime};
+
+const DISCLOSURE: &str = "You are talking to an AI assistant. This call is transcribed.";
+const GREETING: &str = "Hello, this is the town library.";
+/// Long enough to be interrupted in the middle.
+const NO_ANSWER: &str = "I'm sorry, I don't know that. I can only answer from the documents of this site, \
+     and none of them is about this yet. Please ask the staff at the front desk, who will be glad to help \
+     you with anything else you need today.";
+const QUESTION: &str = "What time does the library open on Sunday morning?";
+const INTERRUPTION: &str = "Where can I park my car near the building?";
+/// Generous limits against hangs; no test asserts how fast anything is.
+const PHASE: Duration = Duration::from_secs(120);
+
+fn models_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TEST_MODELS_DIR") {
+        return PathBuf::from(dir);
+    }
+    PathBuf::from(std::env::var_os("HOME").expect("HOME is not set")).join(".cache/parley/models")
+}
+
+/// The engines every test shares (loaded once per test binary), or why they cannot load.
+struct Models {
+    engines: VoiceEngines,
+    piper: PiperVoice,
+    embedder: Arc<dyn parley_models::Embedder>,
+}
+
+fn models() -> Option<&'static Models> {
+    static MODELS: OnceLock<Result<Models, String>> = OnceLock::new();
+    let loaded = MODELS.get_or_init(|| {
+        let dir = models_dir();
+        let failed = |what: &str, error: &dyn std::fmt::Display| format!("{what}: {error}");
+        let whisper_dir = installed_dir(&dir, &parley_models::WHISPER_TINY_EN_PACKAGE)
+            .map_err(|error| failed("whisper", &error))?;
+        let whisper = WhisperStt::load(&whisper_dir.join(WHISPER_GGML_FILE), WhisperOptions::default())
+            .map_err(|error| failed("whisper", &error))?;
+        let vad = SileroVad::installed(&dir).map_err(|error| failed("silero vad", &error))?;
+        let piper = PiperVoice::installed(&dir, 1).map_err(|error| failed("piper", &error))?;
+        let espeak = EspeakVoice::new("en-us").map_err(|error| failed("espeak-ng", &error))?;
+        let embedder_dir = installed_dir(&dir, &EMBEDDING_PACKAGE).map_err(|error| failed("embedder", &error))?;
+        let embedder = BertEmbedder::load(&embedder_dir).map_err(|error| failed("embedder", &error))?;
+        let voices: Vec<Arc<dyn TextToSpeech>> = vec![Arc::new(piper.clone()), Arc::new(espeak)];
+        Ok(Models {
+            engines: VoiceEngines { speech_to_text: Arc::new(whisper), vad: Arc::new(vad), voices },
+            piper,
+            embedder: Arc::new(embedder),
+        })
+    });
+    match loaded {
+        Ok(models) => Some(models),
+        Err(reason) if std::env::var_os("PARLEY_REQUIRE_MODELS").is_none() => {
+            eprintln!("SKIPPED: the voice models are not installed ({reason}); run `make models`");
+            None
+        }
+        Err(reason) => panic!("PARLEY_REQUIRE_MODELS is set but the voice models cannot load: {reason}"),
+    }
+}
+
+/// A runtime over SQLite in a temporary directory, with one tenant.
+struct Node {
+    runtime: Runtime,
+    principal: auth::Principal,
+    _dir: tempfile::TempDir,
+}
+
+async fn node(embedder: Arc<dyn parley_models::Embedder>, tweak: impl FnOnce(&mut Settings)) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings { data_dir: dir.path().to_owned(), ..Settings::default() };
+    settings.demo.enabled = false;
+    tweak(&mut settings);
+    settings.validate().unwrap();
+    let database = Database::connect(&settings.database_url(), settings.database.max_connections).await.unwrap();
+    let runtime = Runtime::with_database(settings, database, embedder).await.unwrap();
+    let created = tenants::create(&runtime, "Town library").await.unwrap();
+    let principal = auth::authenticate(&runtime, &created.owner_key.token).await.unwrap();
+    Node { runtime, principal, _dir: dir }
+}
+
+impl Node {
+    async fn agent(&self, voice: VoiceSettings) -> Agent {
+        let input = AgentInput {
+            name: Some("Library".to_owned()),
+            greeting: Some(GREETING.to_owned()),
+            language: Some("en".to_owned()),
+            retrieval: Some(RetrievalSettings {
+                enabled: true,
+                no_answer_message: NO_ANSWER.to_owned(),
+                ..RetrievalSettings::default()
+            }),
+            voice: Some(VoiceSettings { enabled: true, disclosure: DISCLOSURE.to_owned(), ..voice }),
+            ..AgentInput::default()
+        };
+        agents::create(&self.runtime, &self.principal, input).await.unwrap()
+    }
+
+    async fn messages(&self, conversation_id: uuid::Uuid) -> Vec<StoredMessage> {
+        let (_, messages) =
+            parley_runtime::chat::conversations::get(&self.runtime, &self.principal, conversation_id).await.unwrap();
+        messages
+    }
+}
+
+fn request(sample_rate: u32) -> CallRequest {
+    CallRequest {
+        channel: if sample_rate == 8_000 { Channel::Phone } else { Channel::Voice },
+        origin: None,
+        own_origin: None,
+        caller: None,
+        sample_rate,
+    }
+}
+
+/// `text` spoken by the Piper voice, as 16-bit PCM at `rate`.
+async fn speech(models: &Models, text: &str, rate: u32) -> Vec<i16> {
+    let audio = models.piper.synthesize(text).await.unwrap();
+    let samples = StreamResampler::convert(&audio.samples, audio.sample_rate, rate).unwrap();
+    samples.iter().map(|sample| (sample.clamp(-1.0, 1.0) * 32767.0) as i16).collect()
+}
+
+fn rms(samples: &[i16]) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    (samples.iter().map(|sample| f64::from(*sample).powi(2)).sum::<f64>() / samples.len() as f64).sqrt()
+}
+
+/// Plays the caller's side of a call in real time: every 20 ms the next 20 ms of the script
+/// (silence when it is empty), mixed with the agent's audio fed back when `echo` is set.
+struct Caller {
+    call: Call,
+    rate: u32,
+    script: VecDeque<i16>,
+    /// The agent's frames to feed back: (the tick due, samples).
+    echo: Option<(u64, f32)>,
+    echo_queue: VecDeque<(u64, Vec<i16>)>,
+    tick: u64,
+    started: Instant,
+    events: Vec<(u64, CallEvent)>,
+    /// Ticks at which the script's speech started.
+    spoke_at: Vec<u64>,
+    ended: Option<EndReason>,
+}
+
+impl Caller {
+    fn new(call: Call, rate: u32) -> Self {
+        Self {
+            call,
+            rate,
+            script: VecDeque::new(),
+            echo: None,
+            echo_queue: VecDeque::new(),
+            tick: 0,
+            started: Instant::now(),
+            events: Vec::new(),
+            spoke_at: Vec::new(),
+            ended: None,
+        }
+    }
+
+    fn frame_len(&self) -> usize {
+        (self.rate / 50) as usize
+    }
+
+    /// Queues `speech` after what is queued, then `silence_ms` of silence.
+    fn say(&mut self, speech: &[i16], silence_ms: usize) {
+        self.spoke_at.push(self.tick + (self.script.len() / self.frame_len()) as u64);
+        self.script.extend(speech.iter().copied());
+        self.script.extend(std::iter::repeat_n(0, self.rate as usize * silence_ms / 1000));
+    }
+
+    /// Runs until `done` holds (checked after every event and tick) or the call ends.
+    async fn run_until(&mut self, mut done: impl FnMut(&Caller) -> bool) {
+        let deadline = tokio::time::Instant::now() + PHASE;
+        let mut clock = tokio::time::interval(Duration::from_millis(20));
+        while !done(self) && self.ended.is_none() {
+            tokio::select! {
+                _ = clock.tick() => {
+                    let len = self.frame_len();
+                    let mut chunk: Vec<i16> = (0..len).map(|_| self.script.pop_front().unwrap_or(0)).collect();
+                    while self.echo_queue.front().is_some_and(|(due, _)| *due <= self.tick) {
+                        let (_, frame) = self.echo_queue.pop_front().unwrap();
+                        let gain = self.echo.map_or(0.0, |(_, gain)| gain);
+                        for (out, sample) in chunk.iter_mut().zip(frame) {
+                            *out = out.saturating_add((f32::from(sample) * gain) as i16);
+                        }
+                    }
+                    self.call.audio_in.push(&chunk);
+                    self.tick += 1;
+                }
+                event = self.call.events.recv() => {
+                    let Some(event) = event else { panic!("the events ended without `Ended`") };
+                    if let CallEvent::Audio(frame) = &event {
+                        assert_eq!(frame.len(), self.frame_len(), "an audio frame is exactly 20 ms");
+                        if let Some((delay, _)) = self.echo {
+                            self.echo_queue.push_back((self.tick + delay, frame.clone()));
+                        }
+                        // Paced: never more frames than 20 ms periods have passed (plus a little
+                        // slack for timer granularity).
+                        let frames = self.events.iter().filter(|(_, e)| matches!(e, CallEvent::Audio(_))).count() as u128;
+                        assert!(frames <= self.started.elapsed().as_millis() / 20 + 10, "audio comes faster than real time");
+                    }
+                    if let CallEvent::Ended(reason) = &event {
+                        self.ended = Some(reason.clone());
+                    }
+                    self.events.push((self.tick, event));
+                }
+                () = tokio::time::sleep_until(deadline) => panic!("the call did not get there in {PHASE:?}; events so far: {:?}", self.summary()),
+            }
+        }
+    }
+
+    fn captions(&self, speaker: Speaker, is_final: bool) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|(_, event)| match event {
+                CallEvent::Caption { speaker: who, text, is_final: f } if *who == speaker && *f == is_final => {
+                    Some(text.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn has_caption(&self, speaker: Speaker, starting: &str) -> bool {
+        self.captions(speaker, true).iter().any(|text| text.starts_with(starting))
+    }
+
+    /// How many times the answer's last sentence has been spoken.
+    fn answers_finished(&self) -> usize {
+        self.captions(Speaker::Agent, true).iter().filter(|text| text.ends_with("anything else you need today.")).count()
+    }
+
+    fn cleared(&self) -> bool {
+        self.events.iter().any(|(_, event)| *event == CallEvent::Clear)
+    }
+
+    /// Ticks since the last agent audio frame (everything queued has played).
+    fn quiet_for(&self, ticks: u64) -> bool {
+        let last = self.events.iter().rev().find(|(_, event)| matches!(event, CallEvent::Audio(_)));
+        last.is_some_and(|(at, _)| self.tick >= at + ticks) && self.script.is_empty()
+    }
+
+    fn summary(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter(|(_, event)| !matches!(event, CallEvent::Audio(_)))
+            .map(|(tick, event)| format!("{tick}: {event:?}"))
+            .collect()
+    }
+
+    async fn hang_up(&mut self, runtime: &Runtime) {
+        assert!(calls::hang_up(runtime, self.call.id));
+        self.run_until(|_| false).await;
+        assert_eq!(self.ended, Some(EndReason::HungUp), "{:?}", self.summary());
+        assert!(matches!(self.call.events.recv().await, None), "`Ended` is the last event");
+    }
+}
+
+fn words(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .map(|word| word.chars().filter(|c| c.is_alphanumeric()).collect::<String>().to_lowercase())
+        .filter(|word| !word.is_empty())
+        .collect()
+}
+
+/// Words of `expected` found in `heard`, as a fraction.
+fn overlap(expected: &str, heard: &str) -> f64 {
+    let heard = words(heard);
+    let expected = words(expected);
+    expected.iter().filter(|word| heard.contains(word)).count() as f64 / expected.len().max(1) as f64
+}
+
+async fn wait_for_no_calls(runtime: &Runtime) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while runtime.calls().live_calls() > 0 {
+        assert!(Instant::now() < deadline, "calls still live: {}", runtime.calls().live_calls());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A whole call: disclosure first, the question transcribed and stored with its times and
+/// language, the answer spoken and stored with its voice timings.
+async fn question_and_answer(rate: u32) {
+    let Some(models) = models() else { return };
+    let node = node(models.embedder.clone(), |_| {}).await;
+    node.runtime.calls().set_engines(models.engines.clone());
+    let agent = node.agent(VoiceSettings::default()).await;
+    let question = speech(models, QUESTION, rate).await;
+    let call = calls::start(&node.runtime, &agent.public_id, request(rate)).await.unwrap();
+    let conversation_id = call.conversation_id;
+    assert_eq!(node.runtime.calls().live_calls(), 1);
+    let mut caller = Caller::new(call, rate);
+
+    // The disclosure comes first, before the greeting.
+    caller.run_until(|caller| caller.has_caption(Speaker::Agent, "Hello")).await;
+    let agent_captions = caller.captions(Speaker::Agent, true);
+    assert_eq!(agent_captions[..2], ["You are talking to an AI assistant.", "This call is transcribed."], "{agent_captions:?}");
+    let first_audio = caller.events.iter().position(|(_, event)| matches!(event, CallEvent::Audio(_))).unwrap();
+    let first_caption = caller.events.iter().position(|(_, event)| matches!(event, CallEvent::Caption { .. })).unwrap();
+    assert!(first_caption < first_audio, "the disclosure's caption comes with its first audio");
+
+    caller.run_until(|caller| caller.quiet_for(25)).await;
+    let asked_at = caller.tick;
+    caller.say(&question, 0);
+    caller.run_until(|caller| caller.has_caption(Speaker::Agent, "I'm sorry")).await;
+    let heard = caller.captions(Speaker::Caller, true);
+    assert_eq!(heard.len(), 1, "one caller utterance: {heard:?}");
+    assert!(overlap(QUESTION, &heard[0]) >= 0.6, "the question was heard as {heard:?}");
+    let partials = caller.captions(Speaker::Caller, false);
+    eprintln!("partial captions while the caller spoke: {partials:?}");
+    assert!(!caller.cleared(), "nothing interrupted");
+
+    caller.run_until(|caller| caller.answers_finished() == 1 && caller.quiet_for(25)).await;
+    let spoken = caller.captions(Speaker::Agent, true).join(" ");
+    assert!(spoken.ends_with("anything else you need today."), "the whole answer was spoken: {spoken}");
+    caller.hang_up(&node.runtime).await;
+    wait_for_no_calls(&node.runtime).await;
+
+    let messages = node.messages(conversation_id).await;
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    let (user, reply) = (&messages[0], &messages[1]);
+    assert_eq!(user.role, MessageRole::User);
+    assert!(overlap(QUESTION, user.text.as_deref().unwrap()) >= 0.6, "{:?}", user.text);
+    let utterance = user.utterance.clone().expect("the question's place in the call is stored");
+    let asked_ms = asked_at * 20;
+    let question_ms = (question.len() as u64 * 1000) / u64::from(rate);
+    assert!(utterance.start_ms + 300 >= asked_ms && utterance.start_ms <= asked_ms + 1000, "{utterance:?} asked at {asked_ms}");
+    assert!(utterance.end_ms > utterance.start_ms + question_ms / 2 && utterance.end_ms <= asked_ms + question_ms + 1000, "{utterance:?}");
+    assert_eq!(utterance.language.as_deref(), Some("en"));
+
+    assert_eq!(reply.role, MessageRole::Assistant);
+    assert_eq!(reply.finish_reason.as_deref(), Some("no_answer"));
+    assert_eq!(reply.text.as_deref(), Some(NO_ANSWER));
+    let spoken_at = reply.utterance.clone().expect("the answer's place in the call is stored");
+    assert!(spoken_at.start_ms >= utterance.end_ms && spoken_at.end_ms > spoken_at.start_ms, "{spoken_at:?}");
+    let voice = reply.timings.as_ref().and_then(|timings| timings.voice.clone()).expect("voice timings are stored");
+    assert!(voice.end_of_turn_ms >= 600.0, "{voice:?}");
+    assert!(voice.transcription_ms > 0.0 && voice.synthesis_ms.is_some(), "{voice:?}");
+    assert!(voice.first_audio_ms.unwrap() >= voice.end_of_turn_ms + voice.transcription_ms, "{voice:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webrtc_call_at_48_khz_is_heard_answered_and_stored() {
+    question_and_answer(48_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_call_at_8_khz_is_heard_answered_and_stored() {
+    question_and_answer(8_000).await;
+}
+
+/// The caller asks, then talks over the answer: the agent's audio is lowered at once, then
+/// cleared, and only what was played is stored, marked interrupted; the new question is
+/// answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_over_the_answer_interrupts_it() {
+    let Some(models) = models() else { return };
+    let node = node(models.embedder.clone(), |_| {}).await;
+    node.runtime.calls().set_engines(models.engines.clone());
+    let agent = node.agent(VoiceSettings::default()).await;
+    let rate = 48_000;
+    let (question, interruption) = (speech(models, QUESTION, rate).await, speech(models, INTERRUPTION, rate).await);
+    let call = calls::start(&node.runtime, &agent.public_id, request(rate)).await.unwrap();
+    let conversation_id = call.conversation_id;
+    let mut caller = Caller::new(call, rate);
+    caller.run_until(|caller| caller.has_caption(Speaker::Agent, "Hello")).await;
+    caller.run_until(|caller| caller.quiet_for(10)).await;
+    caller.say(&question, 0);
+    caller.run_until(|caller| caller.has_caption(Speaker::Agent, "I'm sorry")).await;
+    // A second into the answer, the caller speaks again.
+    let answer_from = caller.events.len();
+    let until = caller.tick + 50;
+    caller.run_until(|caller| caller.tick >= until).await;
+    let interrupted_at = caller.tick;
+    caller.say(&interruption, 0);
+    caller.run_until(|caller| caller.cleared()).await;
+    let cleared_at = caller.events.iter().position(|(_, event)| *event == CallEvent::Clear).unwrap();
+
+    // Frames played while the caller spoke (from 200 ms in) were lowered.
+    let frames = |from: u64, to: u64, range: std::ops::Range<usize>| -> Vec<i16> {
+        caller.events[range]
+            .iter()
+            .filter(|(tick, _)| (from..to).contains(tick))
+            .filter_map(|(_, event)| match event {
+                CallEvent::Audio(frame) => Some(frame.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    };
+    let before = frames(interrupted_at.saturating_sub(40), interrupted_at, answer_from..cleared_at);
+    let during = frames(interrupted_at + 10, u64::MAX, answer_from..cleared_at);
+    assert!(!during.is_empty(), "the answer went on playing until the interruption was transcribed");
+    assert!(rms(&during) < rms(&before) * 0.6, "ducked {} vs {} before", rms(&during), rms(&before));
+    assert!(node.runtime.calls().stats().ducked_frames > 0);
+
+    // The new question is answered in turn.
+    caller.run_until(|caller| caller.answers_finished() == 1 && caller.quiet_for(25)).await;
+    caller.hang_up(&node.runtime).await;
+    assert_eq!(node.runtime.calls().stats().barge_ins, 1);
+
+    let messages = node.messages(conversation_id).await;
+    assert_eq!(messages.len(), 4, "{messages:?}");
+    let first_answer = &messages[1];
+    assert_eq!(first_answer.finish_reason.as_deref(), Some("interrupted"));
+    let said = first_answer.text.clone().unwrap();
+    assert!(said.starts_with("I'm sorry, I don't know that."), "{said}");
+    assert!(said.len() < NO_ANSWER.len() && !said.contains("front desk"), "only what was played is stored: {said}");
+    assert!(overlap(INTERRUPTION, messages[2].text.as_deref().unwrap()) >= 0.6, "{:?}", messages[2].text);
+    assert_eq!(messages[3].finish_reason.as_deref(), Some("no_answer"));
+    assert_eq!(messages[3].text.as_deref(), Some(NO_ANSWER));
+}
+
+/// "Okay" over the answer is a backchannel: the volume comes back and the agent goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backchannel_lets_the_agent_go_on() {
+    let Some(models) = models() else { return };
+    let node = node(models.embedder.clone(), |_| {}).await;
+    node.runtime.calls().set_engines(models.engines.clone());
+    let agent = node.agent(VoiceSettings::default()).await;
+    let rate = 48_000;
+    let (question, okay) = (speech(models, QUESTION, rate).await, speech(models, "Okay.", rate).await);
+    let call = calls::start(&node.runtime, &agent.public_id, request(rate)).await.unwrap();
+    let conversation_id = call.conversation_id;
+    let mut caller = Caller::new(call, rate);
+    caller.run_until(|caller| caller.has_caption(Speaker::Agent, "Hello")).await;
+    caller.run_until(|caller| caller.quiet_for(10)).await;
+    caller.say(&question, 0);
+    caller.run_until(|caller| caller.has_caption(Speaker::Agent, "I'm sorry")).await;
+    let until = caller.tick + 50;
+    caller.run_until(|caller| caller.tick >= until).await;
+    caller.say(&okay, 0);
+    caller.run_until(|caller| caller.cleared() || (caller.answers_finished() == 1 && caller.quiet_for(25))).await;
+    assert!(!caller.cleared(), "{:?}", caller.summary());
+    let spoken = caller.captions(Speaker::Agent, true).join(" ");
+    assert!(spoken.ends_with("anything else you need today."), "the agent went on to the end: {spoken}");
+    caller.hang_up(&node.runtime).await;
+    assert_eq!(node.runtime.calls().stats().backchannels, 1);
+    assert_eq!(node.runtime.calls().stats().barge_ins, 0);
+    let messages = node.messages(conversation_id).await;
+    assert_eq!(messages.len(), 2, "the backchannel is no question: {messages:?}");
+    assert_eq!(messages[1].text.as_deref(), Some(NO_ANSWER));
+    assert_eq!(messages[1].finish_reason.as_deref(), Some("no_answer"));
+}
+
+/// The agent's own audio fed back 200 ms later at half amplitude is no caller speech: no
+/// utterance, no ducking, no barge-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_own_echo_is_not_the_caller() {
+    let Some(models) = models() else { return };
+    let node = node(models.embedder.clone(), |_| {}).await;
+    node.runtime.calls().set_engines(models.engines.clone());
+    let agent = node.agent(VoiceSettings::default()).await;
+    let rate = 48_000;
+    let call = calls::start(&node.runtime, &agent.public_id, request(rate)).await.unwrap();
+    let conversation_id = call.conversation_id;
+    let mut caller = Caller::new(call, rate);
+    caller.echo = Some((10, 0.5));
+    caller.run_until(|caller| caller.has_caption(Speaker::Agent, "Hello")).await;
+    caller.run_until(|caller| caller.quiet_for(75)).await;
+    let stats = node.runtime.calls().stats();
+    let frames = caller.events.iter().filter(|(_, event)| matches!(event, CallEvent::Audio(_))).count() as u64;
+    caller.hang_up(&node.runtime).await;
+    assert!(stats.echo_frames > 10, "the echo was recognised: {stats:?}");
+    assert!(stats.ducked_frames * 20 <= frames, "the agent was barely ducked by its echo: {stats:?} of {frames} frames");
+    assert_eq!(stats.barge_ins, 0);
+    assert!(caller.captions(Speaker::Caller, true).is_empty(), "{:?}", caller.summary());
+    assert!(!caller.cleared());
+    assert!(node.messages(conversation_id).await.is_empty(), "no caller utterance was stored");
+}
+
+/// Calls end by hang-up, by dropping the call, by the idle timeout and by the longest
+/// duration; each frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_end_cleanly_and_leave_nothing_behind() {
+    let Some(models) = models() else { return };
+    let node = node(models.embedder.clone(), |settings| {
+        settings.voice.idle_timeout_seconds = 2;
+        settings.voice.max_call_seconds = 30;
+    })
+    .await;
+    node.runtime.calls().set_engines(models.engines.clone());
+    let agent = node.agent(VoiceSettings { max_concurrent_calls: 2, ..VoiceSettings::default() }).await;
+    for round in 0..6 {
+        let call = calls::start(&node.runtime, &agent.public_id, request(8_000)).await.unwrap();
+        let mut caller = Caller::new(call, 8_000);
+        caller.run_until(|caller| caller.events.iter().any(|(_, event)| matches!(event, CallEvent::Audio(_)))).await;
+        match round % 3 {
+            0 => caller.hang_up(&node.runtime).await,
+            1 => drop(caller),
+            _ => {
+                // Nobody speaks: once the agent is done, the idle timeout ends the call.
+                caller.run_until(|_| false).await;
+                assert_eq!(caller.ended, Some(EndReason::Timeout));
+            }
+        }
+        wait_for_no_calls(&node.runtime).await;
+    }
+    assert!(!calls::hang_up(&node.runtime, uuid::Uuid::now_v7()), "an unknown call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_lasts_at_most_the_longest_duration() {
+    let Some(models) = models() else { return };
+    let node = node(models.embedder.clone(), |settings| settings.voice.max_call_seconds = 2).await;
+    node.runtime.calls().set_engines(models.engines.clone());
+    let agent = node.agent(VoiceSettings::default()).await;
+    let call = calls::start(&node.runtime, &agent.public_id, request(48_000)).await.unwrap();
+    let mut caller = Caller::new(call, 48_000);
+    caller.run_until(|_| false).await;
+    assert_eq!(caller.ended, Some(EndReason::Timeout));
+    wait_for_no_calls(&node.runtime).await;
+}
+
+/// The agent's call limit, voice switched off, origins, and a node without the models.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_refused_with_precise_errors() {
+    let Some(models) = models() else { return };
+    let node = node(models.embedder.clone(), |_| {}).await;
+    let agent = node.agent(VoiceSettings { max_concurrent_calls: 1, ..VoiceSettings::default() }).await;
+    let error = calls::start(&node.runtime, &agent.public_id, request(48_000)).await.unwrap_err();
+    assert_eq!(error.code(), "voice_unavailable", "{error}");
+    assert!(!node.runtime.calls().available());
+    node.runtime.calls().set_engines(models.engines.clone());
+    assert!(node.runtime.calls().available());
+
+    let first = calls::start(&node.runtime, &agent.public_id, request(48_000)).await.unwrap();
+    let error = calls::start(&node.runtime, &agent.public_id, request(48_000)).await.unwrap_err();
+    assert_eq!(error.code(), "call_limit", "{error}");
+    assert_eq!(error.kind(), parley_runtime::ErrorKind::RateLimited);
+    assert_eq!(node.runtime.calls().live_calls(), 1);
+    drop(first);
+    wait_for_no_calls(&node.runtime).await;
+    let again = calls::start(&node.runtime, &agent.public_id, request(48_000)).await.unwrap();
+    assert!(calls::hang_up(&node.runtime, again.id));
+    drop(again);
+    wait_for_no_calls(&node.runtime).await;
+
+    let error = calls::start(&node.runtime, "no-such-agent", request(48_000)).await.unwrap_err();
+    assert_eq!(error.code(), "not_found");
+    let error = calls::start(&node.runtime, &agent.public_id, request(4_000)).await.unwrap_err();
+    assert_eq!(error.code(), "invalid_input");
+    let silent = node.agent(VoiceSettings { enabled: false, ..VoiceSettings::default() }).await;
+    let off = agents::update(
+        &node.runtime,
+        &node.principal,
+        silent.id,
+        AgentInput { voice: Some(VoiceSettings { enabled: false, ..VoiceSettings::default() }), ..AgentInput::default() },
+    )
+    .await
+    .unwrap();
+    let error = calls::start(&node.runtime, &off.public_id, request(48_000)).await.unwrap_err();
+    assert_eq!(error.code(), "voice_disabled");
+    let guarded = agents::update(
+        &node.runtime,
+        &node.principal,
+        agent.id,
+        AgentInput { allowed_origins: Some(vec!["https://library.example".to_owned()]), ..AgentInput::default() },
+    )
+    .await
+    .unwrap();
+    let mut foreign = request(48_000);
+    foreign.origin = Some("https://elsewhere.example".to_owned());
+    let error = calls::start(&node.runtime, &guarded.public_id, foreign).await.unwrap_err();
+    assert_eq!(error.kind(), parley_runtime::ErrorKind::PermissionDenied);
+    let mut own = request(48_000);
+    own.origin = Some("https://library.example".to_owned());
+    let call = calls::start(&node.runtime, &guarded.public_id, own).await.unwrap();
+    drop(call);
+    wait_for_no_calls(&node.runtime).await;
+}
