@@ -141,6 +141,15 @@ impl VoiceNode {
     }
 }
 
+impl Drop for VoiceNode {
+    /// A failed test still stops its node.
+    fn drop(&mut self) {
+        if let Some(node) = self.node.take() {
+            node.kill();
+        }
+    }
+}
+
 /// Speech synthesised by espeak-ng: (samples, rate).
 fn synthesise(text: &str) -> (Vec<i16>, u32) {
     let output = std::process::Command::new("espeak-ng").args(["--stdout", "-s", "150", text]).output().unwrap();
