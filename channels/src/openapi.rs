@@ -5,7 +5,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::admin::{
     agents, analytics, audit, conversations, documents, erasures, exports, keys, provider_keys, retention, secrets,
-    tenants, webhooks,
+    telephony, tenants, webhooks,
 };
 use crate::chat;
 use crate::ops;
@@ -23,6 +23,7 @@ use crate::ops;
         agents::rotate_identity_secret,
         conversations::list, conversations::get,
         provider_keys::list, provider_keys::set, provider_keys::delete,
+        telephony::get, telephony::set, telephony::delete,
         tenants::set_token_budget, tenants::own_token_budget,
         retention::get, retention::set,
         secrets::rotate,
@@ -33,6 +34,7 @@ use crate::ops;
         exports::get_model_improvement, exports::set_model_improvement,
         erasures::create, erasures::list, erasures::get,
         chat::widget_appearance, chat::openai::completions, chat::openai::models,
+        crate::voice::whip::offer, crate::voice::whip::hang_up,
     ),
     components(schemas(crate::problem::Problem)),
     modifiers(&SecuritySchemes),
@@ -50,6 +52,8 @@ use crate::ops;
         (name = "webhooks", description = "Signed event notifications to the tenant's endpoints, with their delivery logs (docs/webhooks.md)"),
         (name = "data protection", description = "Exports (data portability), erasures (the right to be forgotten) and the model-improvement opt-in"),
         (name = "provider keys", description = "Tenants' API keys for remote model providers (never returned)"),
+        (name = "telephony", description = "Tenants' phone-provider credentials (Twilio); the auth token is never returned"),
+        (name = "voice", description = "WebRTC calls signalled the WHIP way (phone calls: a Twilio Media Streams WebSocket at /v1/agents/{public_id}/phone/twilio)"),
         (name = "chat", description = "Visitor-facing chat: the widget's appearance and the OpenAI-compatible endpoint (WebSocket chat: docs/chat-protocol.md)"),
     )
 )]

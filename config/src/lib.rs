@@ -54,6 +54,7 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub exports: ExportSettings,
     pub voice: VoiceSettings,
+    pub webrtc: WebrtcSettings,
     /// The user's home directory, from `HOME` (not a setting), for default cache paths.
     #[serde(skip)]
     pub home_dir: Option<PathBuf>,
@@ -78,6 +79,7 @@ impl Default for Settings {
             webhooks: WebhookSettings::default(),
             exports: ExportSettings::default(),
             voice: VoiceSettings::default(),
+            webrtc: WebrtcSettings::default(),
             home_dir: None,
         }
     }
@@ -420,6 +422,59 @@ impl Default for VoiceSettings {
     }
 }
 
+/// WebRTC voice calls (`POST /v1/agents/{public_id}/voice`): how the node is reached over ICE.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebrtcSettings {
+    /// STUN server URLs (`stun:host:port`) used to learn the node's public address.
+    pub stun_servers: Vec<String>,
+    /// TURN servers relaying media for callers behind restrictive networks.
+    pub turn_servers: Vec<TurnServer>,
+    /// The public IPv4 or IPv6 address of a 1:1 NAT in front of the node: host candidates carry
+    /// it instead of the private address.
+    pub public_ip: Option<String>,
+    /// The UDP ports media uses, both inclusive; 0 and 0 means any ephemeral port.
+    pub udp_port_min: u16,
+    pub udp_port_max: u16,
+    /// Largest SDP offer accepted, in bytes; larger offers get `413`.
+    pub max_offer_bytes: usize,
+    /// Seconds to wait for ICE candidate gathering before answering with what was found.
+    pub gather_timeout_seconds: u64,
+    /// Seconds without any packet from the caller before the call counts as disconnected, and
+    /// seconds a disconnected call may stay so before it is hung up.
+    pub disconnected_timeout_seconds: u64,
+    pub failed_timeout_seconds: u64,
+    /// Seconds an answered call may wait for the caller to connect before it is hung up.
+    pub connect_timeout_seconds: u64,
+}
+
+impl Default for WebrtcSettings {
+    fn default() -> Self {
+        Self {
+            stun_servers: Vec::new(),
+            turn_servers: Vec::new(),
+            public_ip: None,
+            udp_port_min: 0,
+            udp_port_max: 0,
+            max_offer_bytes: 64 * 1024,
+            gather_timeout_seconds: 5,
+            disconnected_timeout_seconds: 5,
+            failed_timeout_seconds: 10,
+            connect_timeout_seconds: 30,
+        }
+    }
+}
+
+/// One TURN server and its long-term credentials.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TurnServer {
+    /// `turn:host:port?transport=udp`, `turns:host:port?transport=tcp`, …
+    pub urls: Vec<String>,
+    pub username: String,
+    pub credential: String,
+}
+
 /// The key that encrypts secrets at rest (provider API keys, identity secrets, resume tokens'
 /// signing key).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -617,6 +672,37 @@ impl Settings {
         if voice.backchannels.iter().any(|phrase| phrase.trim().is_empty() || phrase.len() > 64) {
             return Err(invalid("voice.backchannels", "each phrase must be 1 to 64 characters"));
         }
+        let webrtc = &self.webrtc;
+        if (webrtc.udp_port_min == 0) != (webrtc.udp_port_max == 0) || webrtc.udp_port_min > webrtc.udp_port_max {
+            return Err(invalid(
+                "webrtc.udp_port_min",
+                "udp_port_min and udp_port_max must both be 0 (any port) or a range with min <= max",
+            ));
+        }
+        if let Some(ip) = &webrtc.public_ip {
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid("webrtc.public_ip", "must be an IPv4 or IPv6 address"));
+            }
+        }
+        if webrtc.stun_servers.iter().any(|url| !url.starts_with("stun:") && !url.starts_with("stuns:")) {
+            return Err(invalid("webrtc.stun_servers", "each URL must start with stun: or stuns:"));
+        }
+        if webrtc.turn_servers.iter().any(|server| {
+            server.urls.is_empty()
+                || server.urls.iter().any(|url| !url.starts_with("turn:") && !url.starts_with("turns:"))
+        }) {
+            return Err(invalid("webrtc.turn_servers", "each server needs urls starting with turn: or turns:"));
+        }
+        if webrtc.max_offer_bytes < 1024 {
+            return Err(invalid("webrtc.max_offer_bytes", "must be at least 1024"));
+        }
+        if webrtc.gather_timeout_seconds == 0
+            || webrtc.disconnected_timeout_seconds == 0
+            || webrtc.failed_timeout_seconds == 0
+            || webrtc.connect_timeout_seconds == 0
+        {
+            return Err(invalid("webrtc.gather_timeout_seconds", "WebRTC timeouts must be at least 1 second"));
+        }
         if self.secrets.key.is_some() && self.secrets.key_file.is_some() {
             return Err(invalid("secrets.key", "set either secrets.key or secrets.key_file, not both"));
         }
@@ -744,6 +830,16 @@ pub const SETTING_KEYS: &[&str] = &[
     "voice.partial_interval_ms",
     "voice.input_buffer_ms",
     "voice.duck_gain",
+    "webrtc.stun_servers",
+    "webrtc.turn_servers",
+    "webrtc.public_ip",
+    "webrtc.udp_port_min",
+    "webrtc.udp_port_max",
+    "webrtc.max_offer_bytes",
+    "webrtc.gather_timeout_seconds",
+    "webrtc.disconnected_timeout_seconds",
+    "webrtc.failed_timeout_seconds",
+    "webrtc.connect_timeout_seconds",
 ];
 
 /// True when `path` names a setting of `Settings`.
@@ -911,6 +1007,38 @@ mod tests {
         assert!(error.contains("webhooks.retry_max_delay_ms"), "{error}");
         let error = load_env(&[("PARLEY_WEBHOOKS__MAX_CONCURRENT_DELIVERIES", "0")]).unwrap_err().to_string();
         assert!(error.contains("webhooks."), "{error}");
+    }
+
+    #[test]
+    fn webrtc_settings_load_from_env_and_are_checked() {
+        let settings = load_env(&[
+            ("PARLEY_WEBRTC__STUN_SERVERS", r#"["stun:stun.example.net:3478"]"#),
+            (
+                "PARLEY_WEBRTC__TURN_SERVERS",
+                r#"[{ urls = ["turn:turn.example.net:3478"], username = "u", credential = "c" }]"#,
+            ),
+            ("PARLEY_WEBRTC__PUBLIC_IP", "203.0.113.10"),
+            ("PARLEY_WEBRTC__UDP_PORT_MIN", "40000"),
+            ("PARLEY_WEBRTC__UDP_PORT_MAX", "40100"),
+        ])
+        .unwrap();
+        assert_eq!(settings.webrtc.stun_servers, vec!["stun:stun.example.net:3478".to_owned()]);
+        assert_eq!(settings.webrtc.turn_servers[0].username, "u");
+        assert_eq!(settings.webrtc.public_ip.as_deref(), Some("203.0.113.10"));
+        assert_eq!((settings.webrtc.udp_port_min, settings.webrtc.udp_port_max), (40000, 40100));
+        for (variable, value, key) in [
+            ("PARLEY_WEBRTC__PUBLIC_IP", "not-an-ip", "webrtc.public_ip"),
+            ("PARLEY_WEBRTC__UDP_PORT_MIN", "40000", "webrtc.udp_port_min"),
+            ("PARLEY_WEBRTC__STUN_SERVERS", r#"["http://x"]"#, "webrtc.stun_servers"),
+            (
+                "PARLEY_WEBRTC__TURN_SERVERS",
+                r#"[{ urls = [], username = "", credential = "" }]"#,
+                "webrtc.turn_servers",
+            ),
+        ] {
+            let error = load_env(&[(variable, value)]).unwrap_err().to_string();
+            assert!(error.contains(key), "{variable}: {error}");
+        }
     }
 
     #[test]

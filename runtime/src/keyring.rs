@@ -40,6 +40,8 @@ pub struct RotationReport {
     pub identity_secrets: u64,
     /// Webhook signing secrets, current and previous.
     pub webhook_secrets: u64,
+    /// Phone providers' auth tokens (`telephony_credentials`).
+    pub telephony_tokens: u64,
     /// Values no key in the keyring opens (sealed under a key that was removed); left as they
     /// are and counted here, so the operator can restore the key or replace the secrets.
     pub unreadable: u64,
@@ -70,6 +72,7 @@ pub async fn rotate(runtime: &Runtime, generate_key: bool) -> Result<RotationRep
         SealedColumn::IdentitySecrets,
         SealedColumn::WebhookSecrets,
         SealedColumn::PreviousWebhookSecrets,
+        SealedColumn::TelephonyTokens,
     ] {
         // A request that took the keyring just before the switch may still seal under the old
         // key after a pass went by its row: pass again until a pass finds nothing to seal.
@@ -86,6 +89,7 @@ pub async fn rotate(runtime: &Runtime, generate_key: bool) -> Result<RotationRep
             SealedColumn::ProviderKeys => report.provider_keys += resealed,
             SealedColumn::IdentitySecrets => report.identity_secrets += resealed,
             SealedColumn::WebhookSecrets | SealedColumn::PreviousWebhookSecrets => report.webhook_secrets += resealed,
+            SealedColumn::TelephonyTokens => report.telephony_tokens += resealed,
         }
         report.unreadable += unreadable;
     }
@@ -120,6 +124,9 @@ async fn reseal_column(
                     .map(|endpoint_id| crate::webhooks::secret_context(row.tenant_id, endpoint_id))
                     .unwrap_or_default()
             })
+        }
+        SealedColumn::TelephonyTokens => {
+            (crate::telephony::PURPOSE, |row| crate::telephony::context(row.tenant_id, &row.key))
         }
     };
     let (mut resealed, mut unreadable) = (0, 0);

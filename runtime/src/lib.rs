@@ -32,6 +32,7 @@ pub mod retention;
 pub mod secrets;
 pub mod storage;
 pub mod subjects;
+pub mod telephony;
 pub mod tenants;
 pub mod webhooks;
 

@@ -74,6 +74,11 @@ impl Node {
         self.seen.join("\n")
     }
 
+    /// The process id, to look at its descriptors and threads in `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(mut self) {
         let _ = self.child.kill();

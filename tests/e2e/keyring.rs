@@ -31,6 +31,12 @@ async fn sealed_values(server: &TestServer) -> Vec<String> {
         .unwrap(),
     );
     values.extend(
+        sqlx::query_scalar::<_, String>("SELECT sealed_token FROM telephony_credentials")
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+    );
+    values.extend(
         sqlx::query_scalar::<_, String>("SELECT value FROM node_meta WHERE key = 'secrets_check'")
             .fetch_all(pool)
             .await
@@ -67,6 +73,15 @@ async fn rotation_reseals_everything_without_breaking_anything(backend: Backend)
         )
         .await;
     assert_eq!(status, 200, "{stored}");
+    let (status, stored) = server
+        .call(
+            reqwest::Method::PUT,
+            "/admin/v1/telephony/twilio",
+            Some(&token),
+            Some(json!({ "account_sid": format!("AC{}", "0".repeat(32)), "auth_token": "twilio-rotation-token" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{stored}");
     let (status, webhook) = server
         .post(
             "/admin/v1/webhooks",
@@ -85,7 +100,7 @@ async fn rotation_reseals_everything_without_breaking_anything(backend: Backend)
 
     let old_key_id = server.runtime.secrets().key_id().to_owned();
     let before = sealed_values(&server).await;
-    assert_eq!(before.len(), 5, "{before:?}");
+    assert_eq!(before.len(), 6, "{before:?}");
     assert!(before.iter().all(|sealed| sealed.starts_with(&format!("v1.{old_key_id}."))));
 
     // Only the operator rotates.
@@ -102,12 +117,12 @@ async fn rotation_reseals_everything_without_breaking_anything(backend: Backend)
     assert_eq!(report["previous_key_ids"], json!([old_key_id]));
     assert_eq!(
         report["resealed"],
-        json!({ "provider_keys": 1, "identity_secrets": 1, "webhook_secrets": 2 }),
+        json!({ "provider_keys": 1, "identity_secrets": 1, "webhook_secrets": 2, "telephony_tokens": 1 }),
         "{report}"
     );
     assert_eq!(report["unreadable"], 0);
     let after = sealed_values(&server).await;
-    assert_eq!(after.len(), 5);
+    assert_eq!(after.len(), 6);
     assert!(after.iter().all(|sealed| sealed.starts_with(&format!("v1.{new_key_id}."))), "{after:?}");
     let (_, audit) = server.get("/admin/v1/audit-log", &token).await;
     assert!(audit.to_string().contains("secrets.rotate"), "{audit}");
@@ -128,7 +143,10 @@ async fn rotation_reseals_everything_without_breaking_anything(backend: Backend)
     let (status, again) = rotate(&server, OPERATOR_KEY, json!({ "reseal_only": true })).await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["generated"], false);
-    assert_eq!(again["resealed"], json!({ "provider_keys": 0, "identity_secrets": 0, "webhook_secrets": 0 }));
+    assert_eq!(
+        again["resealed"],
+        json!({ "provider_keys": 0, "identity_secrets": 0, "webhook_secrets": 0, "telephony_tokens": 0 })
+    );
 
     // The key file holds the new key first and the old one after it; a restart reads both,
     // and a start with the old key alone is refused.

@@ -572,10 +572,21 @@ async fn bad_requests_and_tenant_erasure(backend: Backend) {
     let index_dir = server.data_dir.path().join("indexes").join(&tenant_id);
     let exports_dir = server.data_dir.path().join("exports").join(&tenant_id);
     assert!(index_dir.exists() && exports_dir.exists());
+    let twilio = json!({ "account_sid": format!("AC{}", "1".repeat(32)), "auth_token": "tenantgonecanary-token" });
+    let (status, stored) =
+        server.call(reqwest::Method::PUT, "/admin/v1/telephony/twilio", Some(&owner), Some(twilio)).await;
+    assert_eq!(status, 200, "{stored}");
     let (status, receipt) = server.post("/admin/v1/erasures", &owner, json!({ "subject": { "tenant": true } })).await;
     assert_eq!(status, 200, "{receipt}");
     assert_eq!(receipt["subject_kind"], "tenant");
-    for (store, count) in [("conversations", 1), ("documents", 1), ("agents", 1), ("api_keys", 2), ("tenants", 1)] {
+    for (store, count) in [
+        ("conversations", 1),
+        ("documents", 1),
+        ("agents", 1),
+        ("api_keys", 2),
+        ("telephony_credentials", 1),
+        ("tenants", 1),
+    ] {
         assert_eq!(receipt["counts"][store], count, "{store}: {receipt}");
     }
     assert!(!index_dir.exists() && !exports_dir.exists());

@@ -21,4 +21,5 @@ mod retention;
 mod samples;
 mod storage;
 mod tidy;
+mod voice;
 mod webhooks;

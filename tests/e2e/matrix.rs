@@ -35,6 +35,8 @@ pub enum Case {
     ConversationTarget,
     SetProviderKey,
     ProviderKeyTarget,
+    SetTelephony,
+    TelephonyTarget,
     TenantTarget,
     SetRetention,
     NewWebhook,
@@ -134,6 +136,9 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/admin/v1/provider-keys", Plain, READERS),
         route(Method::PUT, "/admin/v1/provider-keys/{provider}", SetProviderKey, KEY_MANAGERS),
         route(Method::DELETE, "/admin/v1/provider-keys/{provider}", ProviderKeyTarget, KEY_MANAGERS),
+        route(Method::GET, "/admin/v1/telephony/{provider}", TelephonyTarget, READERS),
+        route(Method::PUT, "/admin/v1/telephony/{provider}", SetTelephony, KEY_MANAGERS),
+        route(Method::DELETE, "/admin/v1/telephony/{provider}", TelephonyTarget, KEY_MANAGERS),
         route(Method::GET, "/admin/v1/tenant/token-budget", Plain, READERS),
         route(Method::GET, "/admin/v1/retention", Plain, READERS),
         route(Method::PUT, "/admin/v1/retention", SetRetention, KEY_MANAGERS),
@@ -178,6 +183,9 @@ pub fn body(case: Case) -> Option<Value> {
         Case::ReplaceDocument => Some(json!({ "text": format!("Replaced content {}.", uuid::Uuid::new_v4()) })),
         Case::Search => Some(json!({ "query": "content" })),
         Case::SetProviderKey | Case::ProviderKeyTarget => Some(json!({ "api_key": "sk-matrix-0123456789" })),
+        Case::SetTelephony | Case::TelephonyTarget => {
+            Some(json!({ "account_sid": format!("AC{}", "ab".repeat(16)), "auth_token": "matrix-twilio-token" }))
+        }
         Case::TenantTarget => Some(json!({ "daily_token_budget": 1000 })),
         Case::SetRetention => {
             Some(json!({ "transcript_days": 30, "audio_days": 7, "analytics_days": 90, "audit_days": 365 }))
@@ -244,13 +252,18 @@ async fn every_role_on_every_route(backend: Backend) {
                     server.call(Method::PUT, "/admin/v1/provider-keys/anthropic", Some(&owner), body(route.case)).await;
                 assert_eq!(status, 200);
             }
+            if route.case == Case::TelephonyTarget {
+                let (status, _) =
+                    server.call(Method::PUT, "/admin/v1/telephony/twilio", Some(&owner), body(route.case)).await;
+                assert_eq!(status, 200);
+            }
             let path = route
                 .path
                 .replace("{agent_id}", &agent_id)
                 .replace("{key_id}", &key_id)
                 .replace("{document_id}", &document_id)
                 .replace("{conversation_id}", &conversation_id)
-                .replace("{provider}", "anthropic")
+                .replace("{provider}", if route.path.contains("telephony") { "twilio" } else { "anthropic" })
                 .replace("{export_id}", &export_id)
                 .replace("{erasure_id}", &erasure_id)
                 .replace("{tenant_id}", &tenant_id)

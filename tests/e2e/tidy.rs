@@ -54,11 +54,14 @@ fn dependencies_point_one_way() {
                 assert!(may_use.contains(&name), "{directory} must not depend on {name}");
             }
         }
-        let network_types = ["axum", "axum-server", "tower-http", "hyper", "utoipa"];
+        let network_types = ["axum", "axum-server", "tower-http", "hyper", "utoipa", "webrtc"];
         if directory != "channels" {
             for line in manifest.lines() {
                 let name = line.split(['.', ' ', '=']).next().unwrap_or_default();
-                assert!(!network_types.contains(&name), "only channels serves HTTP: {directory} depends on {name}");
+                assert!(
+                    !network_types.contains(&name),
+                    "only channels serves HTTP and WebRTC: {directory} depends on {name}"
+                );
             }
         }
     }

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod provider_keys;
 pub mod retention;
 pub mod secrets;
+pub mod telephony;
 pub mod tenants;
 pub mod webhooks;
 

@@ -38,6 +38,8 @@ pub struct ResealedCounts {
     pub provider_keys: u64,
     pub identity_secrets: u64,
     pub webhook_secrets: u64,
+    /// Phone providers' auth tokens.
+    pub telephony_tokens: u64,
 }
 
 impl From<RotationReport> for RotateResponse {
@@ -50,6 +52,7 @@ impl From<RotationReport> for RotateResponse {
                 provider_keys: report.provider_keys,
                 identity_secrets: report.identity_secrets,
                 webhook_secrets: report.webhook_secrets,
+                telephony_tokens: report.telephony_tokens,
             },
             unreadable: report.unreadable,
         }

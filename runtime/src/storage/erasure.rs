@@ -159,6 +159,7 @@ pub async fn delete_tenant(connection: &mut AnyConnection, tenant_id: Uuid) -> R
         "audit_log",
         "token_usage",
         "provider_keys",
+        "telephony_credentials",
         "api_keys",
         "agents",
     ] {

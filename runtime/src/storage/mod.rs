@@ -16,6 +16,7 @@ pub mod meta;
 pub mod provider_keys;
 pub mod retention;
 pub mod sealed;
+pub mod telephony;
 pub mod tenants;
 pub mod usage;
 pub mod webhooks;

@@ -22,13 +22,15 @@ pub enum SealedColumn {
     WebhookSecrets,
     /// `webhook_endpoints.previous_secret_sealed` (still signing after a secret rotation).
     PreviousWebhookSecrets,
+    /// `telephony_credentials.sealed_token`, keyed by (tenant, provider).
+    TelephonyTokens,
 }
 
 /// One sealed value and where it lives.
 #[derive(Debug, Clone)]
 pub struct SealedRow {
     pub tenant_id: Uuid,
-    /// The provider name, or the agent id.
+    /// The provider name, or the agent or endpoint id.
     pub key: String,
     pub sealed: String,
 }
@@ -64,6 +66,11 @@ pub async fn stale(
             "SELECT tenant_id, id AS row_key, previous_secret_sealed AS sealed FROM webhook_endpoints \
              WHERE previous_secret_sealed IS NOT NULL AND previous_secret_sealed NOT LIKE $1 \
              AND (tenant_id > $2 OR (tenant_id = $2 AND id > $3)) ORDER BY tenant_id, id LIMIT $4"
+        }
+        SealedColumn::TelephonyTokens => {
+            "SELECT tenant_id, provider AS row_key, sealed_token AS sealed FROM telephony_credentials \
+             WHERE sealed_token NOT LIKE $1 AND (tenant_id > $2 OR (tenant_id = $2 AND provider > $3)) \
+             ORDER BY tenant_id, provider LIMIT $4"
         }
     };
     let rows =
@@ -101,6 +108,10 @@ pub async fn replace(
         SealedColumn::PreviousWebhookSecrets => {
             "UPDATE webhook_endpoints SET previous_secret_sealed = $1 \
              WHERE tenant_id = $2 AND id = $3 AND previous_secret_sealed = $4"
+        }
+        SealedColumn::TelephonyTokens => {
+            "UPDATE telephony_credentials SET sealed_token = $1 \
+             WHERE tenant_id = $2 AND provider = $3 AND sealed_token = $4"
         }
     };
     let result = sqlx::query(sql)

@@ -1,0 +1,751 @@
+//! Voice calls against the real `parley` binary: a WebRTC caller built on the `webrtc` crate
+//! (Opus both ways, the `captions` data channel, WHIP signalling) and a Twilio Media Streams
+//! client over a signed WebSocket, speaking speech synthesised by `espeak-ng` during the test.
+//!
+//! Also: refused offers and streams, the per-agent call limit, twenty calls in a row leaving no
+//! live call, file descriptor or thread behind, and no audio anywhere on disk after a call.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use futures::{SinkExt, StreamExt};
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS};
+use webrtc::api::APIBuilder;
+use webrtc::media::Sample;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType};
+use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
+use webrtc::track::track_local::TrackLocal;
+
+use crate::binary::Node;
+use crate::common::OPERATOR_KEY;
+
+/// What the caller says; the agent's knowledge base answers it.
+const QUESTION: &str = "How many days do I have to return an item?";
+/// The public URL the phone test's node believes Twilio reaches it at.
+const PUBLIC_URL: &str = "https://voice.parley.test";
+const TWILIO_TOKEN: &str = "twilio-auth-token-for-tests";
+/// How long an answer may take on a small machine (whisper, the local model, the voice).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Whether the speech models are installed; without them a call cannot start. With
+/// `PARLEY_REQUIRE_MODELS` set, their absence fails the test instead of skipping it.
+fn voice_models_installed() -> bool {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let models = home.join(".cache/parley/models");
+    let names: Vec<String> = std::fs::read_dir(&models)
+        .map(|entries| entries.flatten().map(|entry| entry.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let installed = ["whisper-tiny-en", "silero-vad", "onnxruntime"]
+        .iter()
+        .all(|prefix| names.iter().any(|name| name.starts_with(prefix)));
+    if !installed {
+        assert!(
+            std::env::var_os("PARLEY_REQUIRE_MODELS").is_none(),
+            "the voice models are not installed in {models:?}"
+        );
+        eprintln!("skipping: the voice models are not installed (make models)");
+    }
+    installed
+}
+
+/// A node of the real binary with its own data and temporary directories.
+struct VoiceNode {
+    node: Option<Node>,
+    base: String,
+    data_dir: tempfile::TempDir,
+    temp_dir: tempfile::TempDir,
+    token: String,
+}
+
+impl VoiceNode {
+    fn start() -> VoiceNode {
+        let data_dir = tempfile::tempdir().unwrap();
+        let temp_dir = tempfile::tempdir().unwrap();
+        let (data, temp) = (data_dir.path().to_owned(), temp_dir.path().to_owned());
+        let mut node = Node::start(|command| {
+            command
+                .arg("--data-dir")
+                .arg(&data)
+                .env("TMPDIR", &temp)
+                .env("PARLEY_OPERATOR_KEY", OPERATOR_KEY)
+                .env("PARLEY_SERVER__PUBLIC_URL", PUBLIC_URL)
+                .env("PARLEY_RATE_LIMIT__BURST", "10000");
+        });
+        let base = node.base_url();
+        node.drain();
+        VoiceNode { node: Some(node), base, data_dir, temp_dir, token: String::new() }
+    }
+
+    fn pid(&self) -> u32 {
+        self.node.as_ref().map(Node::pid).unwrap_or_default()
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = reqwest::Client::new().request(method, format!("{}{path}", self.base)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// A tenant with one voice agent (answering from a document about returns); returns the
+    /// agent's public id.
+    async fn voice_agent(&mut self, voice: Value, allowed_origins: Value) -> String {
+        let (status, tenant) =
+            self.call(reqwest::Method::POST, "/admin/v1/tenants", OPERATOR_KEY, Some(json!({ "name": "Voice" }))).await;
+        assert_eq!(status, 201, "{tenant}");
+        self.token = tenant["owner_key"]["secret"].as_str().unwrap().to_owned();
+        let token = self.token.clone();
+        let (status, agent) = self
+            .call(
+                reqwest::Method::POST,
+                "/admin/v1/agents",
+                &token,
+                Some(json!({ "name": "Voice agent", "voice": voice, "allowed_origins": allowed_origins })),
+            )
+            .await;
+        assert_eq!(status, 201, "{agent}");
+        let agent_id = agent["id"].as_str().unwrap();
+        let (status, document) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/admin/v1/agents/{agent_id}/documents"),
+                &token,
+                Some(json!({ "title": "Returns", "text": "You can return any item within 30 days of delivery for a full refund." })),
+            )
+            .await;
+        assert_eq!(status, 201, "{document}");
+        agent["public_id"].as_str().unwrap().to_owned()
+    }
+
+    fn stop(mut self) {
+        if let Some(node) = self.node.take() {
+            node.terminate();
+        }
+    }
+}
+
+impl Drop for VoiceNode {
+    /// A failed test still stops its node.
+    fn drop(&mut self) {
+        if let Some(node) = self.node.take() {
+            node.kill();
+        }
+    }
+}
+
+/// Speech synthesised by espeak-ng: (samples, rate).
+fn synthesise(text: &str) -> (Vec<i16>, u32) {
+    let output = std::process::Command::new("espeak-ng").args(["--stdout", "-s", "150", text]).output().unwrap();
+    assert!(output.status.success(), "espeak-ng failed");
+    let wav = output.stdout;
+    assert_eq!(&wav[..4], b"RIFF");
+    let rate = u32::from_le_bytes(wav[24..28].try_into().unwrap());
+    // espeak-ng writes to a pipe, so the chunk sizes are placeholders: the samples run to the end.
+    let data = wav.windows(4).position(|window| window == b"data").unwrap() + 8;
+    let samples = wav[data..].chunks_exact(2).map(|pair| i16::from_le_bytes([pair[0], pair[1]])).collect();
+    (samples, rate)
+}
+
+/// Linear-interpolation resampling, enough for test speech.
+fn resample(samples: &[i16], from: u32, to: u32) -> Vec<i16> {
+    let length = (samples.len() as u64 * u64::from(to) / u64::from(from)) as usize;
+    (0..length)
+        .map(|index| {
+            let position = index as f64 * f64::from(from) / f64::from(to);
+            let left = position.floor() as usize;
+            let fraction = position - left as f64;
+            let a = f64::from(samples[left.min(samples.len() - 1)]);
+            let b = f64::from(samples[(left + 1).min(samples.len() - 1)]);
+            (a + (b - a) * fraction) as i16
+        })
+        .collect()
+}
+
+fn rms(samples: &[i16]) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    (samples.iter().map(|&sample| f64::from(sample).powi(2)).sum::<f64>() / samples.len() as f64).sqrt()
+}
+
+/// What the caller received.
+#[derive(Default)]
+struct Received {
+    packets: usize,
+    /// 20 ms frames of agent audio louder than silence.
+    loud_frames: usize,
+    messages: Vec<Value>,
+}
+
+/// A WebRTC caller: one Opus track each way and the `captions` data channel.
+struct RtcCaller {
+    connection: Arc<RTCPeerConnection>,
+    track: Arc<TrackLocalStaticSample>,
+    location: String,
+    received: Arc<Mutex<Received>>,
+    state: watch::Receiver<RTCPeerConnectionState>,
+}
+
+fn opus_capability() -> RTCRtpCodecCapability {
+    RTCRtpCodecCapability {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// Posts an SDP offer as is; returns status, headers and body.
+async fn post_offer(
+    base: &str,
+    public_id: &str,
+    content_type: &str,
+    body: Vec<u8>,
+    origin: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}/v1/agents/{public_id}/voice"))
+        .header("content-type", content_type)
+        .body(body);
+    if let Some(origin) = origin {
+        request = request.header("origin", origin);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap())
+}
+
+impl RtcCaller {
+    /// Offers a call; the refusal's status and problem document when it is not answered.
+    async fn call(base: &str, public_id: &str, origin: Option<&str>) -> Result<RtcCaller, (u16, Value)> {
+        let mut media = MediaEngine::default();
+        media
+            .register_codec(
+                RTCRtpCodecParameters { capability: opus_capability(), payload_type: 111, ..Default::default() },
+                RTPCodecType::Audio,
+            )
+            .unwrap();
+        let api = APIBuilder::new().with_media_engine(media).build();
+        let connection = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await.unwrap());
+        let track = Arc::new(TrackLocalStaticSample::new(opus_capability(), "caller".to_owned(), "test".to_owned()));
+        let sender = connection.add_track(Arc::clone(&track) as Arc<dyn TrackLocal + Send + Sync>).await.unwrap();
+        tokio::spawn(async move { while sender.read_rtcp().await.is_ok() {} });
+        let received = Arc::new(Mutex::new(Received::default()));
+        let captions = connection.create_data_channel("captions", None).await.unwrap();
+        let messages = Arc::clone(&received);
+        captions.on_message(Box::new(move |message| {
+            if let Ok(value) = serde_json::from_slice::<Value>(&message.data) {
+                messages.lock().unwrap().messages.push(value);
+            }
+            Box::pin(async {})
+        }));
+        let audio = Arc::clone(&received);
+        connection.on_track(Box::new(move |track, _, _| {
+            let audio = Arc::clone(&audio);
+            tokio::spawn(async move {
+                let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+                let mut pcm = vec![0i16; 5_760];
+                while let Ok((packet, _)) = track.read_rtp().await {
+                    let Ok(samples) = decoder.decode(&packet.payload, &mut pcm, false) else { continue };
+                    let mut received = audio.lock().unwrap();
+                    received.packets += 1;
+                    if rms(&pcm[..samples]) > 300.0 {
+                        received.loud_frames += 1;
+                    }
+                }
+            });
+            Box::pin(async {})
+        }));
+        let (state_sender, state) = watch::channel(RTCPeerConnectionState::New);
+        connection.on_peer_connection_state_change(Box::new(move |new_state| {
+            state_sender.send_replace(new_state);
+            Box::pin(async {})
+        }));
+        let offer = connection.create_offer(None).await.unwrap();
+        let mut gathered = connection.gathering_complete_promise().await;
+        connection.set_local_description(offer).await.unwrap();
+        let _ = gathered.recv().await;
+        let sdp = connection.local_description().await.unwrap().sdp;
+        let (status, headers, body) = post_offer(base, public_id, "application/sdp", sdp.into_bytes(), origin).await;
+        if status != 201 {
+            let _ = connection.close().await;
+            assert_eq!(headers["content-type"], "application/problem+json", "{status}: {body}");
+            return Err((status, serde_json::from_str(&body).unwrap()));
+        }
+        assert_eq!(headers["content-type"], "application/sdp");
+        let location = headers["location"].to_str().unwrap().to_owned();
+        assert!(location.starts_with("/v1/calls/"), "{location}");
+        assert!(body.contains("a=candidate:"), "the answer holds its candidates: {body}");
+        connection.set_remote_description(RTCSessionDescription::answer(body).unwrap()).await.unwrap();
+        Ok(RtcCaller { connection, track, location, received, state })
+    }
+
+    async fn wait_connected(&mut self) {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            self.state.wait_for(|state| *state == RTCPeerConnectionState::Connected),
+        )
+        .await
+        .expect("the call never connected")
+        .unwrap();
+    }
+
+    /// Sends speech (48 kHz) as 20 ms Opus frames in real time, then `silence` of quiet.
+    async fn speak(&self, speech: &[i16], silence: Duration) {
+        let mut encoder = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        let quiet = vec![0i16; (silence.as_millis() as usize) * 48];
+        let mut packet = vec![0u8; 1_500];
+        let mut clock = tokio::time::interval(Duration::from_millis(20));
+        for frame in speech.chunks(960).chain(quiet.chunks(960)) {
+            let mut frame = frame.to_vec();
+            frame.resize(960, 0);
+            let length = encoder.encode(&frame, &mut packet).unwrap();
+            clock.tick().await;
+            let sample = Sample {
+                data: bytes::Bytes::copy_from_slice(&packet[..length]),
+                timestamp: SystemTime::now(),
+                duration: Duration::from_millis(20),
+                ..Default::default()
+            };
+            self.track.write_sample(&sample).await.unwrap();
+        }
+    }
+
+    /// Waits until `done` holds for what was received.
+    async fn wait_until(&self, what: &str, timeout: Duration, done: impl Fn(&Received) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let received = self.received.lock().unwrap();
+                if done(&received) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: not received within {timeout:?} (packets {}, loud frames {}, messages {:?})",
+                    received.packets,
+                    received.loud_frames,
+                    received.messages
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn hang_up(&self, base: &str) -> u16 {
+        reqwest::Client::new().delete(format!("{base}{}", self.location)).send().await.unwrap().status().as_u16()
+    }
+
+    async fn close(self) {
+        let _ = self.connection.close().await;
+    }
+}
+
+fn ended(received: &Received) -> bool {
+    received.messages.iter().any(|message| message["type"] == "ended")
+}
+
+/// Every file under `root` with its size and modification time.
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(directory) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&directory) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(metadata) = entry.metadata() else { continue };
+            if metadata.is_dir() {
+                pending.push(path);
+            } else {
+                files.insert(path, (metadata.len(), metadata.modified().unwrap()));
+            }
+        }
+    }
+    files
+}
+
+/// Fails if any file under the roots holds a WAV or Ogg container, or any stretch of the given
+/// audio (as 16-bit little-endian PCM, or raw bytes for μ-law).
+fn assert_no_audio(roots: &[&Path], clips: &[Vec<u8>]) {
+    for root in roots {
+        for path in snapshot(root).keys() {
+            let bytes = std::fs::read(path).unwrap_or_default();
+            assert!(!bytes.windows(8).any(|window| window == b"WAVEfmt "), "{path:?} holds a WAV file");
+            assert!(!bytes.windows(4).any(|window| window == b"OggS"), "{path:?} holds an Ogg stream");
+            for clip in clips {
+                // Three 64-byte stretches from the loud middle of the clip.
+                for start in [clip.len() / 4, clip.len() / 2, clip.len() * 3 / 4] {
+                    let needle = &clip[start & !1..(start & !1) + 64];
+                    assert!(
+                        !bytes.windows(needle.len()).any(|window| window == needle),
+                        "{path:?} holds the caller's audio"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn pcm_bytes(samples: &[i16]) -> Vec<u8> {
+    samples.iter().flat_map(|sample| sample.to_le_bytes()).collect()
+}
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|entries| entries.count()).unwrap_or(0)
+}
+
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map(|entries| entries.count()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webrtc_call_is_heard_answered_captioned_and_keeps_no_audio() {
+    if !voice_models_installed() {
+        return;
+    }
+    let mut node = VoiceNode::start();
+    let public_id = node.voice_agent(json!({ "enabled": true }), json!([])).await;
+    let (speech, rate) = synthesise(QUESTION);
+    let speech48 = resample(&speech, rate, 48_000);
+    // Let the document's indexing settle, so that only the call can write from here on.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = [snapshot(node.data_dir.path()), snapshot(node.temp_dir.path())];
+
+    let mut caller = RtcCaller::call(&node.base, &public_id, None).await.unwrap();
+    caller.wait_connected().await;
+    // The disclosure is spoken first: agent audio arrives before the caller says anything.
+    caller.wait_until("the disclosure", Duration::from_secs(60), |received| received.loud_frames > 25).await;
+    caller.speak(&speech48, Duration::from_millis(1_500)).await;
+    caller
+        .wait_until("the caller's words as a final caption", ANSWER_TIMEOUT, |received| {
+            received.messages.iter().any(|message| {
+                message["type"] == "caption"
+                    && message["speaker"] == "caller"
+                    && message["final"] == true
+                    && message["text"].as_str().unwrap_or("").to_lowercase().contains("return")
+            })
+        })
+        .await;
+    let loud_before_answer = caller.received.lock().unwrap().loud_frames;
+    caller
+        .wait_until("the agent's spoken answer", ANSWER_TIMEOUT, |received| {
+            received.loud_frames > loud_before_answer + 25
+                && received.messages.iter().any(|message| message["type"] == "caption" && message["speaker"] == "agent")
+        })
+        .await;
+    assert_eq!(caller.hang_up(&node.base).await, 204);
+    caller.wait_until("the end of the call", Duration::from_secs(10), ended).await;
+    let messages = caller.received.lock().unwrap().messages.clone();
+    assert_eq!(messages.last().unwrap(), &json!({ "type": "ended", "reason": "hung_up" }), "{messages:?}");
+    assert_eq!(caller.hang_up(&node.base).await, 404, "a call hangs up once");
+    caller.close().await;
+
+    // The call is a conversation on the voice channel, transcribed.
+    let token = node.token.clone();
+    let (status, conversations) =
+        node.call(reqwest::Method::GET, "/admin/v1/conversations?channel=voice", &token, None).await;
+    assert_eq!(status, 200, "{conversations}");
+    assert_eq!(conversations["items"].as_array().unwrap().len(), 1, "{conversations}");
+
+    // No audio anywhere: no file but the database's was written during the call, and no file
+    // of the data or temporary directory holds a container or a stretch of the caller's audio.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = [snapshot(node.data_dir.path()), snapshot(node.temp_dir.path())];
+    for (before, after) in before.iter().zip(&after) {
+        for (path, state) in after {
+            let name = path.file_name().unwrap().to_string_lossy();
+            if before.get(path) != Some(state) {
+                assert!(name.starts_with("parley.db"), "{path:?} was written during the call");
+            }
+        }
+    }
+    assert_no_audio(
+        &[node.data_dir.path(), node.temp_dir.path()],
+        &[pcm_bytes(&speech), pcm_bytes(&speech48), pcm_bytes(&resample(&speech, rate, 16_000))],
+    );
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_offers_and_refused_callers_get_problem_documents() {
+    let mut node = VoiceNode::start();
+    let public_id = node.voice_agent(json!({ "enabled": true }), json!(["https://allowed.example"])).await;
+    let head = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("text/plain", b"v=0".to_vec(), 415, "unsupported_media_type"),
+        ("application/sdp", b"this is not SDP".to_vec(), 400, "invalid_sdp"),
+        ("application/sdp", vec![0xFF, 0xFE, 0x00], 400, "invalid_sdp"),
+        (
+            "application/sdp",
+            format!("{head}m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:96 VP8/90000\r\n")
+                .into_bytes(),
+            400,
+            "no_audio",
+        ),
+        (
+            "application/sdp",
+            format!("{head}m=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:0 PCMU/8000\r\n").into_bytes(),
+            400,
+            "no_opus",
+        ),
+        ("application/sdp", vec![b'a'; 70_000], 413, "payload_too_large"),
+    ];
+    for (content_type, body, status, code) in cases {
+        let (got, headers, text) = post_offer(&node.base, &public_id, content_type, body, None).await;
+        assert_eq!(got, status, "{content_type}: {text}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        let problem: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(problem["code"], code, "{problem}");
+    }
+    // A valid offer: refused for an unknown agent, a page of another origin, an agent without voice.
+    let (status, problem) = RtcCaller::call(&node.base, "ag_unknown", None).await.err().unwrap();
+    assert_eq!(status, 404, "{problem}");
+    let (status, problem) = RtcCaller::call(&node.base, &public_id, Some("https://evil.example")).await.err().unwrap();
+    assert_eq!(status, 403, "{problem}");
+    let token = node.token.clone();
+    let (_, agent) =
+        node.call(reqwest::Method::POST, "/admin/v1/agents", &token, Some(json!({ "name": "Silent" }))).await;
+    let silent = agent["public_id"].as_str().unwrap();
+    let (status, problem) = RtcCaller::call(&node.base, silent, None).await.err().unwrap();
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(problem["code"], "voice_disabled", "{problem}");
+    // Hanging up a call that does not exist.
+    for path in ["/v1/calls/not-a-call", &format!("/v1/calls/{}", uuid::Uuid::now_v7())] {
+        let response = reqwest::Client::new().delete(format!("{}{path}", node.base)).send().await.unwrap();
+        assert_eq!(response.status(), 404);
+    }
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_limit_and_twenty_calls_in_a_row_leave_nothing_behind() {
+    if !voice_models_installed() {
+        return;
+    }
+    let mut node = VoiceNode::start();
+    let public_id = node.voice_agent(json!({ "enabled": true, "max_concurrent_calls": 1 }), json!([])).await;
+    let pid = node.pid();
+
+    // One call at a time for this agent: a second is refused while the first is live.
+    let mut first = RtcCaller::call(&node.base, &public_id, None).await.unwrap();
+    first.wait_connected().await;
+    let (status, problem) = RtcCaller::call(&node.base, &public_id, None).await.err().unwrap();
+    assert_eq!(status, 429, "{problem}");
+    assert_eq!(problem["code"], "call_limit", "{problem}");
+    assert_eq!(first.hang_up(&node.base).await, 204);
+    first.wait_until("the end of the call", Duration::from_secs(10), ended).await;
+    first.close().await;
+
+    // Idle threads of the blocking pool leave after ten seconds: measure once they have.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let (descriptors_before, threads_before) = (open_descriptors(pid), threads(pid));
+    for round in 0..20 {
+        // The slot of the previous call is freed once its end is noticed, or this call gets 429.
+        let mut caller = call_when_free(&node.base, &public_id, round).await;
+        caller.wait_connected().await;
+        caller.wait_until("agent audio", Duration::from_secs(60), |received| received.packets > 5).await;
+        if round % 2 == 0 {
+            assert_eq!(caller.hang_up(&node.base).await, 204);
+            caller.wait_until("the end of the call", Duration::from_secs(10), ended).await;
+        }
+        // Odd rounds: the caller just goes away, and the node notices the peer closing.
+        caller.close().await;
+    }
+    // The last call's slot is free too.
+    let last = call_when_free(&node.base, &public_id, 20).await;
+    assert_eq!(last.hang_up(&node.base).await, 204);
+    last.close().await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let (descriptors_after, threads_after) = (open_descriptors(pid), threads(pid));
+    assert!(
+        descriptors_after <= descriptors_before + 4,
+        "open file descriptors grew from {descriptors_before} to {descriptors_after}"
+    );
+    assert!(threads_after <= threads_before + 2, "threads grew from {threads_before} to {threads_after}");
+    node.stop();
+}
+
+/// Calls the agent, retrying while its one slot is still taken by the previous call (whose end
+/// the node notices within the ICE timeouts at most).
+async fn call_when_free(base: &str, public_id: &str, round: usize) -> RtcCaller {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match RtcCaller::call(base, public_id, None).await {
+            Ok(caller) => return caller,
+            Err((429, _)) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err((status, problem)) => panic!("call {round}: {status} {problem}"),
+        }
+    }
+}
+
+type HmacSha1 = Hmac<sha1::Sha1>;
+
+fn twilio_signature(url: &str) -> String {
+    let mut mac = HmacSha1::new_from_slice(TWILIO_TOKEN.as_bytes()).unwrap();
+    mac.update(url.as_bytes());
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Connects like Twilio does: a WebSocket with `X-Twilio-Signature` over the URL it was given.
+async fn twilio_connect(
+    base: &str,
+    public_id: &str,
+    signature: Option<String>,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, u16> {
+    let path = format!("/v1/agents/{public_id}/phone/twilio");
+    let mut request = format!("{}{path}", base.replacen("http://", "ws://", 1)).into_client_request().unwrap();
+    if let Some(signature) = signature {
+        request.headers_mut().insert("x-twilio-signature", signature.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(error) => panic!("{error}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_stream_is_signed_heard_and_answered_in_mulaw() {
+    let mut node = VoiceNode::start();
+    let public_id = node.voice_agent(json!({ "enabled": true }), json!(["https://allowed.example"])).await;
+    let signed_url = format!("{}/v1/agents/{public_id}/phone/twilio", PUBLIC_URL.replacen("https://", "wss://", 1));
+
+    // Without stored credentials, nothing is accepted.
+    assert_eq!(twilio_connect(&node.base, &public_id, Some(twilio_signature(&signed_url))).await.err(), Some(403));
+    let token = node.token.clone();
+    let account_sid = format!("AC{}", "0123456789abcdef".repeat(2));
+    let (status, stored) = node
+        .call(
+            reqwest::Method::PUT,
+            "/admin/v1/telephony/twilio",
+            &token,
+            Some(json!({ "account_sid": account_sid, "auth_token": TWILIO_TOKEN })),
+        )
+        .await;
+    assert_eq!(status, 200, "{stored}");
+    assert!(!stored.to_string().contains(TWILIO_TOKEN), "the token is never returned: {stored}");
+    // A wrong or missing signature is refused before the upgrade.
+    assert_eq!(twilio_connect(&node.base, &public_id, None).await.err(), Some(403));
+    let wrong = twilio_signature(&format!("{signed_url}?tampered=1"));
+    assert_eq!(twilio_connect(&node.base, &public_id, Some(wrong)).await.err(), Some(403));
+    if !voice_models_installed() {
+        node.stop();
+        return;
+    }
+
+    let mut socket = twilio_connect(&node.base, &public_id, Some(twilio_signature(&signed_url))).await.unwrap();
+    let send = |value: Value| tungstenite::Message::Text(value.to_string().into());
+    socket.send(send(json!({ "event": "connected", "protocol": "Call", "version": "1.0.0" }))).await.unwrap();
+    socket
+        .send(send(json!({
+            "event": "start", "sequenceNumber": "1", "streamSid": "MZ0001",
+            "start": {
+                "accountSid": account_sid, "streamSid": "MZ0001", "callSid": "CA0001", "tracks": ["inbound"],
+                "customParameters": { "From": "+15550100" },
+                "mediaFormat": { "encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1 }
+            }
+        })))
+        .await
+        .unwrap();
+    let (speech, rate) = synthesise(QUESTION);
+    let mut codes = parley_channels::voice::mulaw::encode(&resample(&speech, rate, 8_000));
+    codes.extend(std::iter::repeat_n(0xFF, 8_000 * 2));
+    let (mut writer, mut reader) = socket.split();
+    let sender = tokio::spawn(async move {
+        let mut clock = tokio::time::interval(Duration::from_millis(20));
+        for (chunk_index, chunk) in codes.chunks(160).enumerate() {
+            clock.tick().await;
+            let media = json!({
+                "event": "media", "sequenceNumber": (chunk_index + 2).to_string(), "streamSid": "MZ0001",
+                "media": { "track": "inbound", "chunk": (chunk_index + 1).to_string(),
+                           "timestamp": (chunk_index * 20).to_string(), "payload": STANDARD.encode(chunk) }
+            });
+            if writer.send(tungstenite::Message::Text(media.to_string().into())).await.is_err() {
+                break;
+            }
+        }
+        writer
+    });
+    // The agent speaks (the disclosure, then the answer) as μ-law media events on this stream.
+    let (mut loud_frames, mut marks) = (0usize, 0usize);
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    while loud_frames < 150 {
+        let message = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), reader.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {loud_frames} loud frames of agent audio"))
+            .expect("the stream closed")
+            .unwrap();
+        if let tungstenite::Message::Close(frame) = &message {
+            panic!("the node closed the stream after {loud_frames} loud frames: {frame:?}");
+        }
+        let tungstenite::Message::Text(text) = message else { continue };
+        let event: Value = serde_json::from_str(text.as_str()).unwrap();
+        assert_eq!(event["streamSid"], "MZ0001", "{event}");
+        match event["event"].as_str().unwrap() {
+            "media" => {
+                let codes = STANDARD.decode(event["media"]["payload"].as_str().unwrap()).unwrap();
+                assert_eq!(codes.len(), 160, "20 ms of μ-law at 8 kHz");
+                if rms(&parley_channels::voice::mulaw::decode(&codes)) > 300.0 {
+                    loud_frames += 1;
+                }
+            }
+            "mark" => marks += 1,
+            "clear" => {}
+            other => panic!("unexpected event {other}"),
+        }
+    }
+    assert!(marks > 0, "marks follow the agent's audio");
+    let mut writer = sender.await.unwrap();
+    writer
+        .send(tungstenite::Message::Text(
+            json!({ "event": "stop", "sequenceNumber": "9999", "streamSid": "MZ0001", "stop": { "accountSid": account_sid, "callSid": "CA0001" } })
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    // The node closes the stream once the call has ended.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(message)) = reader.next().await {
+            if matches!(message, tungstenite::Message::Close(_)) {
+                return true;
+            }
+        }
+        true
+    })
+    .await;
+    assert_eq!(closed, Ok(true));
+    let (status, conversations) =
+        node.call(reqwest::Method::GET, "/admin/v1/conversations?channel=phone", &token, None).await;
+    assert_eq!(status, 200, "{conversations}");
+    assert_eq!(conversations["items"].as_array().unwrap().len(), 1, "{conversations}");
+
+    // A stream that breaks the protocol is closed with a reason.
+    let mut socket = twilio_connect(&node.base, &public_id, Some(twilio_signature(&signed_url))).await.unwrap();
+    socket.send(send(json!({ "event": "media", "media": { "payload": "////" } }))).await.unwrap();
+    let close = tokio::time::timeout(Duration::from_secs(10), socket.next()).await.unwrap();
+    match close {
+        Some(Ok(tungstenite::Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1008, "{frame:?}"),
+        other => panic!("expected a policy close, got {other:?}"),
+    }
+    node.stop();
+}
