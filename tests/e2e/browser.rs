@@ -25,6 +25,11 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium. `None` (with a loud note) when neither is
     /// installed and `PARLEY_REQUIRE_BROWSER` is unset; `make test` installs both and sets it.
     pub async fn start() -> Option<Self> {
+        Self::start_with_args(&[]).await
+    }
+
+    /// As [`Browser::start`], with more Chromium command-line switches.
+    pub async fn start_with_args(extra: &[String]) -> Option<Self> {
         let installed = std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists();
         if !installed {
             if std::env::var_os("PARLEY_REQUIRE_BROWSER").is_some() {
@@ -53,13 +58,20 @@ impl Browser {
             assert!(started.elapsed() < Duration::from_secs(30), "chromedriver did not become ready");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let mut args: Vec<String> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--window-size=1280,900",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend_from_slice(extra);
         let capabilities = json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--disable-background-networking", "--window-size=1280,900"],
-            },
+            "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
         }}});
         let response: Value =
             client.post(format!("{base}/session")).json(&capabilities).send().await.unwrap().json().await.unwrap();
