@@ -2,6 +2,8 @@
  * Parley chat widget (docs/chat-protocol.md): plain JavaScript, no dependencies, no build step.
  * Embed: <script src="https://…/widget.js" data-agent="ag_…" async></script>; optional
  * data-user-id + data-user-signature, data-open="true", data-position="left".
+ * An agent that takes calls gets a Call button: WebRTC to /v1/agents/{id}/voice (WHIP), live
+ * captions of both sides over the `captions` data channel.
  * It owns one <parley-chat> element and its open shadow root; server and visitor text reach the
  * DOM only as text.
  */
@@ -28,6 +30,14 @@
   for (const code of ['budget_exceeded', 'model_unavailable', 'provider_error', 'timeout', 'internal']) {
     ERRORS[code] = "The assistant can't answer right now. Please try again later.";
   }
+  const CALL_ERRORS = {
+    call_limit: 'All lines are busy. Please try again in a moment.',
+    voice_unavailable: "Calls aren't available right now.",
+    voice_disabled: "This assistant doesn't take calls.",
+    origin_not_allowed: "Calls aren't allowed from this site.",
+    rate_limited: 'Too many calls. Please try again in a moment.',
+  };
+  const CALL_ENDED = { hung_up: 'Call ended', timeout: 'The call timed out', error: 'The call was interrupted' };
 
   // !important, or the page's `* {… !important}` rules win on the host and are inherited.
   const STYLE = `
@@ -75,6 +85,14 @@ textarea{flex:1;min-height:38px;max-height:120px;padding:8px 10px;border:1px sol
 .b{display:grid;place-items:center;min-width:38px;height:38px;padding:0 10px;border:0;border-radius:10px;background:var(--pc);color:var(--tc);cursor:pointer;font-weight:600}
 .b:disabled{opacity:.45;cursor:default}
 .stop{background:#fff;color:#1f2328;box-shadow:inset 0 0 0 1px #d0d7de}
+.stop[aria-pressed=true]{background:#fff1e5}
+.cb{display:flex;align-items:center;gap:8px;padding:8px 14px;background:#f6f8fa;border-bottom:1px solid #d8dee4}
+.cs{flex:1;font-size:13px;font-weight:600}
+.cs::before{content:"";display:inline-block;width:8px;height:8px;margin-right:6px;border-radius:50%;background:#8c959f}
+.cb[data-state=connected] .cs::before{background:#1a7f37}
+.hang{background:#cf222e;color:#fff}
+.m[data-part=caption]{font-style:normal}
+.m[data-part=caption][data-final=false]{opacity:.7}
 @media (max-width:480px){.w .p{inset:0;width:auto;height:auto;max-height:none;border-radius:0}.open .l{display:none}textarea{font-size:16px}}
 @media (prefers-reduced-motion:reduce){*{animation:none!important;transition:none!important}}`;
 
@@ -139,6 +157,15 @@ textarea{flex:1;min-height:38px;max-height:120px;padding:8px 10px;border:1px sol
   const avatar = h('img', { alt: '' });
   const title = h('h2', { class: 't' });
   const closeButton = h('button', { class: 'x', type: 'button', 'aria-label': 'Close chat' }, [icon(CLOSE)]);
+  const callButton = h('button', { class: 'x', type: 'button', 'aria-label': 'Call', 'data-part': 'call', hidden: '' },
+    [icon('M5 4h3l2 5-2.5 1.5a11 11 0 0 0 5 5L14 13l5 2v3a2 2 0 0 1-2 2A15 15 0 0 1 3 6a2 2 0 0 1 2-2z')]);
+  const callState = h('span', { class: 'cs', 'data-part': 'call-state' });
+  const muteButton = h('button', { class: 'b stop', type: 'button', 'data-part': 'mute', 'aria-pressed': 'false', text: 'Mute' });
+  const hangupButton = h('button', { class: 'b hang', type: 'button', 'data-part': 'hangup', text: 'Hang up' });
+  const callBar = h('div', { class: 'cb', role: 'status', 'data-part': 'call-bar', hidden: '' },
+    [callState, muteButton, hangupButton]);
+  const remoteAudio = h('audio', { 'data-part': 'call-audio' });
+  remoteAudio.autoplay = true;
   const disclosure = h('span');
   const privacy = h('a', { target: '_blank', rel: 'noopener', text: 'Privacy notice' });
   const connection = h('div', { class: 'c', role: 'status', 'data-part': 'connection', hidden: '', text: 'Reconnecting…' });
@@ -153,9 +180,9 @@ textarea{flex:1;min-height:38px;max-height:120px;padding:8px 10px;border:1px sol
   const sendButton = h('button', { class: 'b', type: 'submit', 'aria-label': 'Send', 'data-part': 'send' }, [icon('M4 12l16-8-6 16-3-7zM11 13l9-9')]);
   const form = h('form', {}, [input, stopButton, sendButton]);
   const panel = h('div', { class: 'p', role: 'dialog', 'data-part': 'panel', hidden: '' }, [
-    h('div', { class: 'h' }, [avatar, title, closeButton]),
+    h('div', { class: 'h' }, [avatar, title, callButton, closeButton]),
     h('p', { class: 'd', 'data-part': 'disclosure' }, [disclosure, ' ', privacy]),
-    connection, scroller, form,
+    connection, callBar, scroller, form, remoteAudio,
   ]);
   const wrap = h('div', { class: data.position === 'left' ? 'w left' : 'w' }, [launcher, panel]);
   // A constructed sheet also works under a CSP that forbids inline <style>.
@@ -184,6 +211,7 @@ textarea{flex:1;min-height:38px;max-height:120px;padding:8px 10px;border:1px sol
     if (privacyUrl) privacy.href = privacyUrl;
     privacy.hidden = !privacyUrl;
     input.placeholder = a.placeholder || 'Type your message…';
+    callButton.hidden = !(a.voice && window.RTCPeerConnection && navigator.mediaDevices);
     showGreeting(a.greeting);
   }
 
@@ -500,6 +528,147 @@ textarea{flex:1;min-height:38px;max-height:120px;padding:8px 10px;border:1px sol
     updateBusy();
   };
 
+  // Voice calls. One at a time; `call` is null when none is live.
+  let call = null; // {pc, stream, url, dc, caller, agent, captions, ended}
+  let lastCall = null; // the call that ended last, for state()
+
+  function setCallState(c, state, text) {
+    c.state = state;
+    callBar.dataset.state = state;
+    callState.textContent = text;
+  }
+
+  // Resolves once the offer holds every ICE candidate (non-trickle), or after 3 s with those found.
+  function gathered(pc) {
+    if (pc.iceGatheringState === 'complete') return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, 3000);
+      pc.addEventListener('icegatheringstatechange', () => {
+        if (pc.iceGatheringState === 'complete') {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+  }
+
+  function caption(c, speaker, text, final) {
+    follow(() => {
+      // Partial caller captions replace each other; agent sentences join one bubble per answer.
+      let el = speaker === 'caller' ? c.caller : c.agent;
+      if (speaker === 'caller') c.agent = null;
+      if (!el) {
+        el = h('div', { class: 'm', 'data-part': 'caption', 'data-speaker': speaker,
+          'data-role': speaker === 'caller' ? 'user' : 'assistant' });
+        el.entry = { speaker, text: '', final: false };
+        c.captions.push(el.entry);
+        log.append(el);
+      }
+      if (speaker === 'caller') {
+        el.entry.text = text;
+        c.caller = final ? null : el;
+      } else {
+        el.entry.text = el.entry.text ? `${el.entry.text} ${text}` : text;
+        c.agent = el;
+      }
+      el.entry.final = final;
+      el.dataset.final = String(final);
+      el.textContent = el.entry.text;
+    });
+  }
+
+  function onCallMessage(c, raw) {
+    let m;
+    try {
+      m = JSON.parse(raw);
+    } catch (e) {
+      return console.warn('parley: bad caption message');
+    }
+    if (m.type === 'caption' && typeof m.text === 'string') caption(c, m.speaker, m.text, m.final !== false);
+    else if (m.type === 'ended') endCall(c, CALL_ENDED[m.reason] || CALL_ENDED.hung_up, false);
+  }
+
+  async function startCall() {
+    if (call) return;
+    if (panel.hidden) open(false);
+    const c = (call = { pc: null, stream: null, url: null, dc: null, caller: null, agent: null, captions: [], ended: false });
+    callButton.hidden = true;
+    callBar.hidden = false;
+    muteButton.setAttribute('aria-pressed', 'false');
+    muteButton.textContent = 'Mute';
+    setCallState(c, 'connecting', 'Calling…');
+    try {
+      c.stream = await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+      });
+      if (c.ended) return endCall(c, null, false);
+      const pc = (c.pc = new RTCPeerConnection());
+      for (const track of c.stream.getAudioTracks()) pc.addTrack(track, c.stream);
+      c.dc = pc.createDataChannel('captions');
+      c.dc.onmessage = (e) => onCallMessage(c, e.data);
+      pc.ontrack = (e) => {
+        remoteAudio.srcObject = e.streams[0] || new MediaStream([e.track]);
+        remoteAudio.play().catch(() => { /* autoplay refused: the click already counted */ });
+      };
+      pc.onconnectionstatechange = () => {
+        if (c.ended) return;
+        if (pc.connectionState === 'connected') setCallState(c, 'connected', 'In call');
+        else if (pc.connectionState === 'disconnected') setCallState(c, 'connecting', 'Reconnecting…');
+        else if (pc.connectionState === 'failed') endCall(c, 'The call was lost.', true);
+      };
+      await pc.setLocalDescription(await pc.createOffer());
+      await gathered(pc);
+      const r = await fetch(`${api}/voice`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/sdp' },
+        body: pc.localDescription.sdp,
+        credentials: 'omit',
+      });
+      if (!r.ok) {
+        const problem = await r.json().catch(() => ({}));
+        throw new Error(CALL_ERRORS[problem.code] || "The call couldn't be connected.");
+      }
+      const location = r.headers.get('Location');
+      c.url = location ? new URL(location, api).href : null;
+      const answer = await r.text();
+      if (c.ended) return endCall(c, null, true);
+      await pc.setRemoteDescription({ type: 'answer', sdp: answer });
+    } catch (e) {
+      const text = e && e.name === 'NotAllowedError' ? 'Calls need access to your microphone.' : e && e.message;
+      endCall(c, text || "The call couldn't be connected.", true);
+    }
+  }
+
+  // Ends the call `c`: tells the server unless it ended the call itself, frees the microphone.
+  function endCall(c, text, tellServer) {
+    if (!c || (c.ended && !c.pc && !c.stream)) return;
+    c.ended = true;
+    if (tellServer && c.url) fetch(c.url, { method: 'DELETE', credentials: 'omit', keepalive: true }).catch(() => {});
+    c.url = null;
+    if (c.stream) c.stream.getTracks().forEach((t) => t.stop());
+    if (c.pc) c.pc.close();
+    c.stream = c.pc = null;
+    remoteAudio.srcObject = null;
+    if (call === c) {
+      call = null;
+      lastCall = c;
+      callBar.hidden = true;
+      callButton.hidden = false;
+      if (text) notice(text);
+    }
+  }
+
+  callButton.onclick = startCall;
+  hangupButton.onclick = () => endCall(call, CALL_ENDED.hung_up, true);
+  muteButton.onclick = () => {
+    if (!call || !call.stream) return;
+    const muted = muteButton.getAttribute('aria-pressed') !== 'true';
+    call.stream.getAudioTracks().forEach((t) => (t.enabled = !muted));
+    muteButton.setAttribute('aria-pressed', String(muted));
+    muteButton.textContent = muted ? 'Unmute' : 'Mute';
+  };
+  window.addEventListener('pagehide', () => endCall(call, null, true));
+
   window.ParleyChat = {
     open: () => open(true),
     close,
@@ -511,7 +680,14 @@ textarea{flex:1;min-height:38px;max-height:120px;padding:8px 10px;border:1px sol
       connected: live,
       conversationId,
       messages: messages.map(({ role, text, citations, state }) => ({ role, text, citations, state })),
+      call: (call || lastCall) && {
+        state: call ? call.state : 'ended',
+        muted: muteButton.getAttribute('aria-pressed') === 'true',
+        captions: (call || lastCall).captions.map((e) => ({ ...e })),
+      },
     }),
+    call: startCall,
+    hangUp: () => endCall(call, CALL_ENDED.hung_up, true),
   };
 
   function attach() {

@@ -25,6 +25,11 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium. `None` (with a loud note) when neither is
     /// installed and `PARLEY_REQUIRE_BROWSER` is unset; `make test` installs both and sets it.
     pub async fn start() -> Option<Self> {
+        Self::start_with_args(&[]).await
+    }
+
+    /// As [`Browser::start`], with more Chromium command-line switches.
+    pub async fn start_with_args(extra: &[String]) -> Option<Self> {
         let installed = std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists();
         if !installed {
             if std::env::var_os("PARLEY_REQUIRE_BROWSER").is_some() {
@@ -53,13 +58,20 @@ impl Browser {
             assert!(started.elapsed() < Duration::from_secs(30), "chromedriver did not become ready");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let mut args: Vec<String> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--window-size=1280,900",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend_from_slice(extra);
         let capabilities = json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--disable-background-networking", "--window-size=1280,900"],
-            },
+            "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
         }}});
         let response: Value =
             client.post(format!("{base}/session")).json(&capabilities).send().await.unwrap().json().await.unwrap();
@@ -242,5 +254,148 @@ async fn widget_answers_with_sources_and_resumes_after_reload() {
     let state = browser.script("return window.ParleyChat.state();", json!([])).await;
     let (_, list) = server.get("/admin/v1/conversations", &token).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1, "the reload resumed, not restarted: {state}");
+    server.stop().await;
+}
+
+/// A question spoken by espeak-ng, after enough silence for the agent's disclosure and followed
+/// by silence, as a 16-bit mono WAV for Chromium's fake microphone.
+fn spoken_question(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let voice = dir.join("voice.wav");
+    let status = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "140", "-w"])
+        .arg(&voice)
+        .arg(text)
+        .status()
+        .expect("espeak-ng runs (make setup installs it)");
+    assert!(status.success());
+    let audio = parley_models::tts::parse_wav(&std::fs::read(&voice).unwrap()).unwrap();
+    let rate = audio.sample_rate;
+    let mut samples = vec![0.0f32; rate as usize * 8];
+    samples.extend_from_slice(&audio.samples);
+    samples.extend(std::iter::repeat_n(0.0, rate as usize * 60));
+    let mut wav = Vec::with_capacity(44 + samples.len() * 2);
+    let data_len = (samples.len() * 2) as u32;
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(rate * 2).to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    for sample in samples {
+        wav.extend_from_slice(&((sample.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes());
+    }
+    let path = dir.join("question.wav");
+    std::fs::write(&path, wav).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn widget_calls_the_agent_with_live_captions() {
+    let Some(engines) = crate::common::voice_engines() else { return };
+    let audio_dir = tempfile::tempdir().unwrap();
+    let question = spoken_question(audio_dir.path(), "What time does the Zephyr Cafe open on weekdays?");
+    let Some(browser) = Browser::start_with_args(&[
+        "--use-fake-ui-for-media-stream".to_owned(),
+        "--use-fake-device-for-media-stream".to_owned(),
+        format!("--use-file-for-fake-audio-capture={}%noloop", question.display()),
+        "--autoplay-policy=no-user-gesture-required".to_owned(),
+    ])
+    .await
+    else {
+        return;
+    };
+    let server = TestServer::start(Backend::Sqlite).await.unwrap();
+    server.runtime.calls().set_engines(engines);
+    let (_, token) = server.tenant("Caller").await;
+    let (status, agent) = server
+        .post(
+            "/admin/v1/agents",
+            &token,
+            json!({
+                "name": "Cafe line",
+                "model": { "provider": "local", "model": "smollm2-135m-instruct", "temperature": 0.0, "top_p": 1.0, "max_tokens": 40 },
+                "voice": { "enabled": true, "speech_to_text_model": "whisper-tiny.en", "voice": "en_US-joe-medium",
+                           "max_concurrent_calls": 2, "end_of_turn_silence_ms": 700,
+                           "disclosure": "You are talking to an AI assistant. This call is transcribed." },
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{agent}");
+    let agent_id = agent["id"].as_str().unwrap();
+    let public_id = agent["public_id"].as_str().unwrap();
+    let text = "The Zephyr Cafe opens at 7:30 in the morning on weekdays and at 9:00 on weekends.";
+    let (status, _) = server
+        .post(
+            &format!("/admin/v1/agents/{agent_id}/documents"),
+            &token,
+            json!({ "title": "Opening hours", "text": text }),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    browser.open(&format!("{}/demo/{public_id}", server.base)).await;
+    // The Call button shows only for an agent that takes calls.
+    browser
+        .wait_for(
+            "the Call button",
+            &format!("{ROOT} const b = root && root.querySelector('[data-part=call]'); return b && !b.hidden;"),
+            Duration::from_secs(30),
+        )
+        .await;
+    browser.script(&format!("{ROOT} root.querySelector('[data-part=call]').click(); return true;"), json!([])).await;
+    browser
+        .wait_for(
+            "a connected call",
+            "const s = window.ParleyChat.state().call; return s && s.state === 'connected';",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(server.runtime.calls().live_calls(), 1);
+
+    // The disclosure is spoken (and captioned) first; then the caller's question is transcribed
+    // and the agent answers it.
+    let captions = browser
+        .wait_for(
+            "the caller's question and the agent's answer",
+            "const s = window.ParleyChat.state().call; if (!s) return null; \
+             const i = s.captions.findIndex(c => c.speaker === 'caller' && c.final); \
+             return i >= 0 && s.captions.slice(i + 1).some(c => c.speaker === 'agent') ? s.captions : null;",
+            Duration::from_secs(240),
+        )
+        .await;
+    let captions = captions.as_array().unwrap();
+    assert_eq!(captions[0]["speaker"], "agent", "{captions:?}");
+    assert!(captions[0]["text"].as_str().unwrap().contains("AI assistant"), "{captions:?}");
+    let asked = captions.iter().find(|c| c["speaker"] == "caller" && c["final"] == true).unwrap();
+    let asked = asked["text"].as_str().unwrap().to_lowercase();
+    assert!(asked.contains("open") && asked.contains("weekday"), "transcribed as {asked:?}");
+
+    // Mute, then hang up from the widget: the server's call ends and frees its slot.
+    browser.script(&format!("{ROOT} root.querySelector('[data-part=mute]').click(); return true;"), json!([])).await;
+    let muted = browser.script("return window.ParleyChat.state().call.muted;", json!([])).await;
+    assert_eq!(muted, true);
+    browser.script(&format!("{ROOT} root.querySelector('[data-part=hangup]').click(); return true;"), json!([])).await;
+    let started = Instant::now();
+    while server.runtime.calls().live_calls() > 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the call did not end on the server");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bar_hidden = browser
+        .script(&format!("{ROOT} return root.querySelector('[data-part=call-bar]').hidden;"), json!([]))
+        .await;
+    assert_eq!(bar_hidden, true);
+
+    // The call is a conversation on the voice channel with the question stored as text.
+    let (_, list) = server.get("/admin/v1/conversations", &token).await;
+    let call = list["items"].as_array().unwrap().iter().find(|c| c["channel"] == "voice").expect("a voice conversation");
+    let (_, detail) = server.get(&format!("/admin/v1/conversations/{}", call["id"].as_str().unwrap()), &token).await;
+    let stored = detail.to_string().to_lowercase();
+    assert!(stored.contains("weekday"), "{detail}");
     server.stop().await;
 }

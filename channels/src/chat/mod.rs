@@ -48,6 +48,8 @@ pub struct WidgetAppearance {
     pub disclosure: String,
     pub privacy_url: Option<String>,
     pub placeholder: String,
+    /// Visitors can call the agent from the widget (WebRTC at `/v1/agents/{public_id}/voice`).
+    pub voice: bool,
 }
 
 /// The agent's public appearance, read by the widget before it connects.
@@ -80,6 +82,7 @@ async fn appearance(state: &AppState, public_id: &str) -> Result<WidgetAppearanc
         disclosure: widget.disclosure.clone(),
         privacy_url: widget.privacy_url.clone(),
         placeholder: widget.placeholder.clone(),
+        voice: agent.voice.enabled,
     };
     Ok(body)
 }
