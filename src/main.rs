@@ -292,7 +292,11 @@ fn load_sentiment(settings: &Settings, runtime: &Runtime) {
 async fn load_voice_engines(settings: &Settings, runtime: &Runtime) {
     let models_dir = settings.models_dir();
     let threads = settings.models.local_threads;
-    let loaded = tokio::task::spawn_blocking(move || voice_engines(&models_dir, threads)).await;
+    let model = settings.voice.speech_to_text_model.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        parley_runtime::calls::VoiceEngines::installed(&models_dir, &model, threads)
+    })
+    .await;
     match loaded {
         Ok(Ok(engines)) => {
             let voices: Vec<&str> = engines.voices.iter().map(|voice| voice.voice_id()).collect();
@@ -308,38 +312,6 @@ async fn load_voice_engines(settings: &Settings, runtime: &Runtime) {
         }
         Err(error) => tracing::warn!(error = %error, "voice calls unavailable: loading the voice engines failed"),
     }
-}
-
-#[cfg(all(feature = "whisper", feature = "onnx"))]
-fn voice_engines(models_dir: &std::path::Path, threads: usize) -> Result<parley_runtime::calls::VoiceEngines, String> {
-    use parley_models::tts::{EspeakVoice, PiperVoice, TextToSpeech};
-    let whisper_dir = parley_models::installed_dir(models_dir, &parley_models::WHISPER_TINY_EN_PACKAGE)
-        .map_err(|error| format!("speech-to-text: {error}"))?;
-    let whisper = parley_models::WhisperStt::load(
-        &whisper_dir.join(parley_models::WHISPER_GGML_FILE),
-        parley_models::WhisperOptions::default(),
-    )
-    .map_err(|error| format!("speech-to-text: {error}"))?;
-    let vad =
-        parley_models::vad::SileroVad::installed(models_dir).map_err(|error| format!("voice activity: {error}"))?;
-    let mut voices: Vec<Arc<dyn TextToSpeech>> = Vec::new();
-    match PiperVoice::installed(models_dir, threads.max(1)) {
-        Ok(piper) => voices.push(Arc::new(piper)),
-        Err(error) => tracing::warn!(error = %error, "no Piper voice: calls speak with espeak-ng"),
-    }
-    match EspeakVoice::new("en-us") {
-        Ok(espeak) => voices.push(Arc::new(espeak)),
-        Err(error) => tracing::warn!(error = %error, "no espeak-ng fallback voice"),
-    }
-    if voices.is_empty() {
-        return Err("no voice can speak: neither the Piper voice nor espeak-ng is installed".to_owned());
-    }
-    Ok(parley_runtime::calls::VoiceEngines { speech_to_text: Arc::new(whisper), vad: Arc::new(vad), voices })
-}
-
-#[cfg(not(all(feature = "whisper", feature = "onnx")))]
-fn voice_engines(_: &std::path::Path, _: usize) -> Result<parley_runtime::calls::VoiceEngines, String> {
-    Err("this parley was built without the `whisper` and `onnx` features".to_owned())
 }
 
 /// Loads the sentence-embedding model every knowledge base shares.

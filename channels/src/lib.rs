@@ -49,6 +49,7 @@ impl AppState {
     pub fn new(runtime: Runtime) -> Result<Self, prometheus::Error> {
         let metrics = Metrics::new()?;
         runtime.chat_observer(std::sync::Arc::new(metrics.clone()));
+        runtime.calls().set_observer(std::sync::Arc::new(metrics.clone()));
         Ok(Self { runtime, metrics, shutdown: tokio::sync::watch::channel(false).0 })
     }
 }

@@ -1,6 +1,6 @@
 //! Operations endpoints and request metrics: `/healthz`, `/readyz`, `/metrics`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
@@ -8,7 +8,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use parley_runtime::agents::Agent;
-use parley_runtime::chat::conversations::{Channel, StoredMessage};
+use parley_runtime::calls::{CallObserver, EndReason};
+use parley_runtime::chat::conversations::{Channel, StoredMessage, VoiceTimings};
 use parley_runtime::chat::engine::TurnObserver;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
@@ -33,6 +34,11 @@ pub struct Metrics {
     chat_turn: Histogram,
     chat_tokens_per_second: Histogram,
     chat_tokens: IntCounterVec,
+    /// Spoken turns' stages, in seconds, by stage.
+    voice_stages: HistogramVec,
+    calls_ended: IntCounterVec,
+    call_duration: Histogram,
+    live_calls: IntGauge,
 }
 
 impl Metrics {
@@ -79,6 +85,28 @@ impl Metrics {
         registry.register(Box::new(chat_turn.clone()))?;
         registry.register(Box::new(chat_tokens_per_second.clone()))?;
         registry.register(Box::new(chat_tokens.clone()))?;
+        let voice_stages = HistogramVec::new(
+            HistogramOpts::new(
+                "voice_turn_stage_seconds",
+                "Spoken turns by stage: end_of_turn (silence waited), transcription, retrieval, first_token, \
+                 synthesis (first sentence), first_audio (end of caller speech to first agent audio)",
+            )
+            .buckets(vec![0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0]),
+            &["channel", "stage"],
+        )?;
+        let calls_ended = IntCounterVec::new(
+            Opts::new("calls_ended_total", "Voice calls by channel and how they ended"),
+            &["channel", "reason"],
+        )?;
+        let call_duration = Histogram::with_opts(
+            HistogramOpts::new("call_duration_seconds", "Voice call length")
+                .buckets(vec![5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]),
+        )?;
+        registry.register(Box::new(voice_stages.clone()))?;
+        registry.register(Box::new(calls_ended.clone()))?;
+        registry.register(Box::new(call_duration.clone()))?;
+        let live_calls = IntGauge::new("live_calls", "Voice calls in progress on this node")?;
+        registry.register(Box::new(live_calls.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -90,6 +118,10 @@ impl Metrics {
             chat_turn,
             chat_tokens_per_second,
             chat_tokens,
+            voice_stages,
+            calls_ended,
+            call_duration,
+            live_calls,
         })
     }
 
@@ -116,6 +148,29 @@ impl TurnObserver for Metrics {
                 self.chat_tokens_per_second.observe(rate);
             }
         }
+    }
+}
+
+impl CallObserver for Metrics {
+    fn turn_timed(&self, _agent: &Agent, channel: Channel, timings: &VoiceTimings) {
+        let stages = [
+            ("end_of_turn", Some(timings.end_of_turn_ms)),
+            ("transcription", Some(timings.transcription_ms)),
+            ("retrieval", Some(timings.retrieval_ms)),
+            ("first_token", timings.first_token_ms),
+            ("synthesis", timings.synthesis_ms),
+            ("first_audio", timings.first_audio_ms),
+        ];
+        for (stage, milliseconds) in stages {
+            if let Some(milliseconds) = milliseconds {
+                self.voice_stages.with_label_values(&[channel.as_str(), stage]).observe(milliseconds / 1e3);
+            }
+        }
+    }
+
+    fn call_ended(&self, _agent: &Agent, channel: Channel, duration: Duration, reason: &EndReason) {
+        self.calls_ended.with_label_values(&[channel.as_str(), reason.as_str()]).inc();
+        self.call_duration.observe(duration.as_secs_f64());
     }
 }
 
@@ -163,6 +218,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    state.metrics.live_calls.set(i64::try_from(state.runtime.calls().live_calls()).unwrap_or(i64::MAX));
     let text = state.metrics.render().map_err(|error| {
         tracing::error!(error = %error, "metrics encoding failed");
         ApiError::internal()

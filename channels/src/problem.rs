@@ -44,6 +44,12 @@ impl ApiError {
         Self { status, code, detail: detail.into(), field: None, retry_after_seconds: None }
     }
 
+    /// Tells the client when to try again (`Retry-After`).
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_seconds = Some(seconds);
+        self
+    }
+
     pub fn not_found(what: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
     }

@@ -390,6 +390,9 @@ impl Default for ExportSettings {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct VoiceSettings {
+    /// The speech-to-text model the node loads once for every call: `whisper-tiny.en` (English,
+    /// fastest) or `whisper-base` (multilingual, larger and slower).
+    pub speech_to_text_model: String,
     /// Longest call, in seconds; the call then ends with reason `timeout`.
     pub max_call_seconds: u64,
     /// A call in which nobody has spoken (caller or agent) for this many seconds ends with
@@ -412,6 +415,7 @@ pub struct VoiceSettings {
 impl Default for VoiceSettings {
     fn default() -> Self {
         Self {
+            speech_to_text_model: "whisper-tiny.en".to_owned(),
             max_call_seconds: 3600,
             idle_timeout_seconds: 120,
             backchannels: ["uh-huh", "yeah", "okay", "mm-hmm", "right"].map(str::to_owned).to_vec(),

@@ -357,6 +357,8 @@ async fn widget_calls_the_agent_with_live_captions() {
         )
         .await;
     assert_eq!(server.runtime.calls().live_calls(), 1);
+    let metrics = server.client.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("parley_live_calls 1"), "{metrics}");
 
     // The disclosure is spoken (and captioned) first; then the caller's question is transcribed
     // and the agent answers it.
@@ -386,14 +388,23 @@ async fn widget_calls_the_agent_with_live_captions() {
         assert!(started.elapsed() < Duration::from_secs(20), "the call did not end on the server");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let bar_hidden = browser
-        .script(&format!("{ROOT} return root.querySelector('[data-part=call-bar]').hidden;"), json!([]))
-        .await;
+    let bar_hidden =
+        browser.script(&format!("{ROOT} return root.querySelector('[data-part=call-bar]').hidden;"), json!([])).await;
     assert_eq!(bar_hidden, true);
+
+    // The node's metrics time each stage of the spoken turn and count the call's end.
+    let metrics = server.client.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
+    for stage in ["end_of_turn", "transcription", "retrieval", "first_audio"] {
+        let series = format!("parley_voice_turn_stage_seconds_count{{channel=\"voice\",stage=\"{stage}\"}}");
+        assert!(metrics.lines().any(|line| line.starts_with(&series) && !line.ends_with(" 0")), "{series}: {metrics}");
+    }
+    assert!(metrics.contains("parley_calls_ended_total{channel=\"voice\",reason=\"hung_up\"} 1"), "{metrics}");
+    assert!(metrics.contains("parley_live_calls 0"), "{metrics}");
 
     // The call is a conversation on the voice channel with the question stored as text.
     let (_, list) = server.get("/admin/v1/conversations", &token).await;
-    let call = list["items"].as_array().unwrap().iter().find(|c| c["channel"] == "voice").expect("a voice conversation");
+    let call =
+        list["items"].as_array().unwrap().iter().find(|c| c["channel"] == "voice").expect("a voice conversation");
     let (_, detail) = server.get(&format!("/admin/v1/conversations/{}", call["id"].as_str().unwrap()), &token).await;
     let stored = detail.to_string().to_lowercase();
     assert!(stored.contains("weekday"), "{detail}");

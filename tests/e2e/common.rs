@@ -255,3 +255,22 @@ pub fn clean_command() -> std::process::Command {
     }
     command
 }
+
+/// The node's voice engines (whisper tiny.en, Silero VAD, the Piper voice, espeak-ng) from the
+/// model cache, loaded once per test process. `None`, with a loud note, when they are not
+/// installed; with `PARLEY_REQUIRE_MODELS` set their absence fails the test instead.
+pub fn voice_engines() -> Option<parley_runtime::calls::VoiceEngines> {
+    static ENGINES: OnceLock<Result<parley_runtime::calls::VoiceEngines, String>> = OnceLock::new();
+    let loaded = ENGINES.get_or_init(|| {
+        let settings = Settings { home_dir: std::env::var_os("HOME").map(PathBuf::from), ..Settings::default() };
+        parley_runtime::calls::VoiceEngines::installed(&settings.models_dir(), "whisper-tiny.en", 1)
+    });
+    match loaded {
+        Ok(engines) => Some(engines.clone()),
+        Err(reason) => {
+            assert!(std::env::var_os("PARLEY_REQUIRE_MODELS").is_none(), "the voice engines do not load: {reason}");
+            eprintln!("*** SKIPPED voice test: {reason} (run `make models`) ***");
+            None
+        }
+    }
+}

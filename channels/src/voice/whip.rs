@@ -67,6 +67,12 @@ const OPUS_PAYLOAD_TYPE: u8 = 111;
 pub const CAPTIONS_LABEL: &str = "captions";
 /// Captions held until the caller's data channel opens; older ones are dropped.
 const MAX_PENDING_CAPTIONS: usize = 32;
+/// How long closing a peer connection may take.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// Seconds a negotiation may take beyond gathering candidates.
+const NEGOTIATION_MARGIN_SECONDS: u64 = 10;
+/// How long the call's last message waits for a data channel that is still opening.
+const LAST_CAPTION_WAIT: Duration = Duration::from_secs(2);
 
 /// Why an offer is refused before a call starts.
 fn bad_offer(code: &'static str, detail: &str) -> ApiError {
@@ -188,7 +194,19 @@ async fn answer(
     // either runs (and ends when nobody connects) or is hung up, and the peer connection closed.
     let task_state = state.clone();
     let negotiation = tokio::spawn(async move {
-        match connect(&settings, offer).await {
+        // A negotiation that stalls (it has been seen to, rarely, inside the WebRTC stack) is
+        // abandoned, dropping its peer connection, and the caller may try again.
+        let limit = Duration::from_secs(settings.gather_timeout_seconds + NEGOTIATION_MARGIN_SECONDS);
+        let connected = tokio::time::timeout(limit, connect(&settings, offer)).await.unwrap_or_else(|_| {
+            tracing::warn!(%call_id, "voice call negotiation stalled; abandoned");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "negotiation_timeout",
+                "the call could not be set up in time; try again",
+            )
+            .with_retry_after(1))
+        });
+        match connected {
             Ok(peer) => {
                 let answer = peer.answer.clone();
                 tracing::info!(%call_id, conversation_id = %call.conversation_id, "voice call answered");
@@ -313,7 +331,7 @@ async fn connect(settings: &WebrtcSettings, offer: RTCSessionDescription) -> Res
     match negotiate(settings, &connection, offer).await {
         Ok(peer) => Ok(peer),
         Err(error) => {
-            let _ = connection.close().await;
+            let _ = tokio::time::timeout(CLOSE_WAIT, connection.close()).await;
             Err(error)
         }
     }
@@ -393,8 +411,14 @@ async fn run_call(state: AppState, settings: WebrtcSettings, call: calls::Call, 
     let mut connected = false;
     let mut remote_track_open = true;
     let mut packet = vec![0u8; MAX_PACKET_BYTES];
+    // Captions said before the caller's data channel opened leave as soon as it is open.
+    let mut flush = tokio::time::interval(Duration::from_millis(100));
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ending: Option<&'static str> = loop {
         tokio::select! {
+            _ = flush.tick(), if !pending_captions.is_empty() => {
+                flush_captions(&captions, &mut pending_captions).await;
+            }
             event = events.recv() => match event {
                 Some(CallEvent::Audio(samples)) => {
                     let Some(encoder) = encoder.as_mut() else { continue };
@@ -422,7 +446,7 @@ async fn run_call(state: AppState, settings: WebrtcSettings, call: calls::Call, 
                     send_caption(&captions, &mut pending_captions, captions_message(speaker, &text, is_final)).await;
                 }
                 Some(CallEvent::Ended(reason)) => {
-                    send_caption(&captions, &mut pending_captions, ended_message(&reason)).await;
+                    send_last_caption(&captions, &mut pending_captions, ended_message(&reason)).await;
                     // Let the last message leave before the connection closes.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     break None;
@@ -463,7 +487,7 @@ async fn run_call(state: AppState, settings: WebrtcSettings, call: calls::Call, 
         tracing::info!(%call_id, why, "voice call ending");
         // The agent side ends with `Ended`, which is no longer read: the call ends either way.
         calls::hang_up(&state.runtime, call_id);
-        send_caption(&captions, &mut pending_captions, ended_message(&EndReason::HungUp)).await;
+        send_last_caption(&captions, &mut pending_captions, ended_message(&EndReason::HungUp)).await;
     }
     drop(events);
     drop(audio_in);
@@ -471,8 +495,11 @@ async fn run_call(state: AppState, settings: WebrtcSettings, call: calls::Call, 
     if let Some(channel) = channel {
         let _ = tokio::time::timeout(Duration::from_secs(1), channel.close()).await;
     }
-    if let Err(error) = connection.close().await {
-        tracing::debug!(%call_id, %error, "closing the peer connection");
+    // Closing waits for the transports to stop; it must not hold the call's task forever.
+    match tokio::time::timeout(CLOSE_WAIT, connection.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%call_id, %error, "closing the peer connection"),
+        Err(_) => tracing::warn!(%call_id, "the peer connection did not close in time"),
     }
     if let Some(reader) = reader {
         // The reader ends once the connection is closed; make sure it does.
@@ -497,6 +524,40 @@ async fn send_caption(captions: &Arc<Mutex<Option<Arc<RTCDataChannel>>>>, pendin
         let _ = channel.send_text(held).await;
     }
     let _ = channel.send_text(message).await;
+}
+
+/// Sends the captions held while the caller's data channel was not open yet, once it is.
+async fn flush_captions(captions: &Arc<Mutex<Option<Arc<RTCDataChannel>>>>, pending: &mut Vec<String>) {
+    let channel = captions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    if let Some(channel) = channel.filter(|channel| channel.ready_state() == RTCDataChannelState::Open) {
+        for held in pending.drain(..) {
+            let _ = channel.send_text(held).await;
+        }
+    }
+}
+
+/// Sends the call's last message: when the caller's data channel is still opening (a call hung
+/// up right after it connected), waits for it a little, so the caller learns why the call ended.
+async fn send_last_caption(
+    captions: &Arc<Mutex<Option<Arc<RTCDataChannel>>>>,
+    pending: &mut Vec<String>,
+    message: String,
+) {
+    let deadline = tokio::time::Instant::now() + LAST_CAPTION_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        let state = captions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|channel| channel.ready_state());
+        // Not announced yet, or announced and still opening: wait; open or closing: go on.
+        if matches!(state, Some(RTCDataChannelState::Open | RTCDataChannelState::Closing | RTCDataChannelState::Closed))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send_caption(captions, pending, message).await;
 }
 
 /// Decodes the caller's Opus packets into the call until the track ends. Packets that do not

@@ -60,6 +60,39 @@ pub struct VoiceEngines {
 }
 
 impl VoiceEngines {
+    /// Loads the engines from the model cache: the speech-to-text model `model`
+    /// (`whisper-tiny.en` or `whisper-base`, one model with one bounded queue), Silero VAD, the
+    /// Piper voice and espeak-ng as the fallback voice (`threads` per synthesis). The error says
+    /// what is missing.
+    #[cfg(feature = "whisper")]
+    pub fn installed(models_dir: &std::path::Path, model: &str, threads: usize) -> std::result::Result<Self, String> {
+        use parley_models::tts::{EspeakVoice, PiperVoice};
+        let whisper_file =
+            parley_models::installed_whisper(models_dir, model).map_err(|error| format!("speech-to-text: {error}"))?;
+        let whisper = parley_models::WhisperStt::load(&whisper_file, parley_models::WhisperOptions::default())
+            .map_err(|error| format!("speech-to-text: {error}"))?;
+        let vad = SileroVad::installed(models_dir).map_err(|error| format!("voice activity: {error}"))?;
+        let mut voices: Vec<Arc<dyn TextToSpeech>> = Vec::new();
+        match PiperVoice::installed(models_dir, threads.max(1)) {
+            Ok(piper) => voices.push(Arc::new(piper)),
+            Err(error) => tracing::warn!(error = %error, "no Piper voice: calls speak with espeak-ng"),
+        }
+        match EspeakVoice::new("en-us") {
+            Ok(espeak) => voices.push(Arc::new(espeak)),
+            Err(error) => tracing::warn!(error = %error, "no espeak-ng fallback voice"),
+        }
+        if voices.is_empty() {
+            return Err("no voice can speak: neither the Piper voice nor espeak-ng is installed".to_owned());
+        }
+        Ok(Self { speech_to_text: Arc::new(whisper), vad: Arc::new(vad), voices })
+    }
+
+    /// Without the `whisper` feature no speech-to-text model can be loaded.
+    #[cfg(not(feature = "whisper"))]
+    pub fn installed(_: &std::path::Path, _: &str, _: usize) -> std::result::Result<Self, String> {
+        Err("this parley was built without the `whisper` feature".to_owned())
+    }
+
     /// The voice `name` names (`en_US-joe-medium` matches `piper:en_US-joe-medium`), else the
     /// fallback (the last voice).
     pub fn voice(&self, name: &str) -> Option<Arc<dyn TextToSpeech>> {
