@@ -582,6 +582,21 @@ pub async fn deliveries(
     Ok(Page::from_rows(rows, &page, |delivery| delivery.id))
 }
 
+/// Writes a conversation's event to the outbox in a transaction of its own, for events that
+/// report no other change (a call or a connection ending), ordered by the conversation.
+pub async fn enqueue_for_conversation(
+    runtime: &Runtime,
+    conversation: &crate::chat::conversations::Conversation,
+    event: Event,
+    data: serde_json::Value,
+) -> Result<()> {
+    let mut transaction = runtime.database().begin().await?;
+    let ordering_key = conversation.id.to_string();
+    enqueue(&mut transaction, conversation.tenant_id, event, Some(&ordering_key), data).await?;
+    transaction.commit().await?;
+    Ok(())
+}
+
 /// Writes an event to the outbox for every enabled endpoint of the tenant subscribed to it.
 /// Call it inside the transaction of the change the event reports. With no subscribed
 /// endpoint it costs one indexed read and writes nothing. `ordering_key` (a conversation id)

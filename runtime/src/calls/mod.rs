@@ -412,24 +412,18 @@ pub async fn start(runtime: &Runtime, public_id: &str, request: CallRequest) -> 
     let (call_id, hung_up) = runtime.calls().reserve(&agent)?;
     let slot = Slot { runtime: runtime.clone(), call_id };
     let session = session::start(runtime, &agent, request.channel, SessionRequest::default()).await?;
-    {
-        let mut transaction = runtime.database().begin().await?;
-        let ordering_key = session.conversation.id.to_string();
-        let mut data = crate::webhooks::conversation_data(&session.conversation);
-        data["call_id"] = serde_json::Value::String(call_id.to_string());
-        if let Some(caller) = &request.caller {
-            data["caller"] = serde_json::Value::String(caller.clone());
-        }
-        crate::webhooks::enqueue(
-            &mut transaction,
-            agent.tenant_id,
-            crate::webhooks::Event::CallStarted,
-            Some(&ordering_key),
-            data,
-        )
-        .await?;
-        transaction.commit().await?;
+    let mut data = crate::webhooks::conversation_data(&session.conversation);
+    data["call_id"] = serde_json::Value::String(call_id.to_string());
+    if let Some(caller) = &request.caller {
+        data["caller"] = serde_json::Value::String(caller.clone());
     }
+    crate::webhooks::enqueue_for_conversation(
+        runtime,
+        &session.conversation,
+        crate::webhooks::Event::CallStarted,
+        data,
+    )
+    .await?;
     let settings = &runtime.settings().voice;
     let capacity =
         usize::try_from(u64::from(request.sample_rate) * settings.input_buffer_ms / 1000).unwrap_or(usize::MAX);
@@ -479,18 +473,7 @@ async fn call_ended(
         data["call_id"] = serde_json::Value::String(call_id.to_string());
         data["duration_ms"] = serde_json::Value::from(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
         data["reason"] = serde_json::Value::String(reason.as_str().to_owned());
-        let mut transaction = runtime.database().begin().await?;
-        let ordering_key = conversation.id.to_string();
-        crate::webhooks::enqueue(
-            &mut transaction,
-            conversation.tenant_id,
-            crate::webhooks::Event::CallEnded,
-            Some(&ordering_key),
-            data,
-        )
-        .await?;
-        transaction.commit().await?;
-        Ok(())
+        crate::webhooks::enqueue_for_conversation(runtime, conversation, crate::webhooks::Event::CallEnded, data).await
     }
     .await;
     if let Err(error) = recorded {

@@ -317,18 +317,13 @@ pub fn connection_closed(runtime: &Runtime, session: &Session) {
             data["ended_at"] = serde_json::Value::String(
                 storage::now().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
             );
-            let mut transaction = runtime.database().begin().await?;
-            let ordering_key = conversation.id.to_string();
-            crate::webhooks::enqueue(
-                &mut transaction,
-                conversation.tenant_id,
+            crate::webhooks::enqueue_for_conversation(
+                &runtime,
+                &conversation,
                 crate::webhooks::Event::ConversationEnded,
-                Some(&ordering_key),
                 data,
             )
-            .await?;
-            transaction.commit().await?;
-            Ok(())
+            .await
         }
         .await;
         if let Err(error) = emitted {
