@@ -64,9 +64,9 @@ LOCAL_POSTGRES_URL := postgres://postgres@127.0.0.1:5432/postgres
 # Python packages the test suite uses, in a virtual environment in the cache: the official
 # `openai` client it drives Parley with, the reference VADER implementation its sentiment
 # scores are compared with, the webhook receiver's verifier (`standardwebhooks`), and the validator exports are
-# checked with (`jsonschema`).
+# checked with (`jsonschema`), and `aiortc`, the independent WebRTC peer of the voice tests.
 VENV := $(CACHE_DIR)/venv
-PYTHON_TEST_PACKAGES := openai==3.54.0 vaderSentiment==3.3.2 standardwebhooks==1.1.0 jsonschema==4.26.0
+PYTHON_TEST_PACKAGES := openai==3.54.0 vaderSentiment==3.3.2 standardwebhooks==1.1.0 jsonschema==4.26.0 aiortc==1.16.0 av==18.1.0
 
 .PHONY: run test setup build packages models llama-server whisper-cli pytools lint fmt
 
@@ -155,7 +155,7 @@ run: models
 	PARLEY_MODELS__DIR=$(CACHE_DIR)/models $(BIN) serve
 
 pytools: setup
-	@if ! $(VENV)/bin/python -c "import openai, vaderSentiment, standardwebhooks, jsonschema" >/dev/null 2>&1; then \
+	@if ! $(VENV)/bin/python -c "import openai, vaderSentiment, standardwebhooks, jsonschema, aiortc" >/dev/null 2>&1; then \
 	  echo "installing $(PYTHON_TEST_PACKAGES) into $(VENV)"; \
 	  python3 -m venv $(VENV) && $(VENV)/bin/python -m pip install --quiet $(PYTHON_TEST_PACKAGES); \
 	fi

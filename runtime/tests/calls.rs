@@ -36,6 +36,11 @@ const NO_ANSWER: &str = "I'm sorry, I don't know that. I can only answer from th
      borrow up to ten books at a time and renew them twice. Please ask the staff at the front desk, who \
      will be glad to help you with anything else you need today.";
 const QUESTION: &str = "What time does the library open on Sunday morning?";
+/// About half a minute of speech with no pause as long as the silence window.
+const MONOLOGUE: &str = "Let me tell you about my garden, because it has been quite a year for it. In spring the \
+     tomatoes came up early, the beans climbed over the fence, and the roses along the wall opened before \
+     anyone expected them. Then the summer turned dry, so every evening I carried water from the rain barrel \
+     to the vegetables, one heavy can after another, while the neighbours watched from their porch.";
 const INTERRUPTION: &str = "Where can I park my car near the building?";
 /// Generous limits against hangs; no test asserts how fast anything is.
 const PHASE: Duration = Duration::from_secs(120);
@@ -397,9 +402,15 @@ async fn a_phone_call_at_8_khz_is_heard_answered_and_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_question_over_the_answer_interrupts_it() {
     let Some(models) = models() else { return };
-    let node = node(models.embedder.clone(), |_| {}).await;
+    let node = node(models.embedder.clone(), |settings| settings.webhooks.allow_private_targets = true).await;
     node.runtime.calls().set_engines(models.engines.clone());
     let agent = node.agent(VoiceSettings::default()).await;
+    let endpoint = parley_runtime::webhooks::NewEndpoint {
+        url: "http://127.0.0.1:9/parley".to_owned(),
+        description: None,
+        event_types: vec!["message.created".to_owned()],
+    };
+    parley_runtime::webhooks::create(&node.runtime, &node.principal, endpoint).await.unwrap();
     let rate = 48_000;
     let (question, interruption) = (speech(models, QUESTION, rate).await, speech(models, INTERRUPTION, rate).await);
     let call = calls::start(&node.runtime, &agent.public_id, request(rate)).await.unwrap();
@@ -451,6 +462,25 @@ async fn a_question_over_the_answer_interrupts_it() {
     assert!(overlap(INTERRUPTION, messages[2].text.as_deref().unwrap()) >= 0.6, "{:?}", messages[2].text);
     assert_eq!(messages[3].finish_reason.as_deref(), Some("no_answer"));
     assert_eq!(messages[3].text.as_deref(), Some(NO_ANSWER));
+
+    // `message.created` tells of each message once, an answer as it was heard.
+    let payloads: Vec<String> = sqlx::query_scalar(
+        "SELECT payload FROM webhook_messages WHERE event_type = 'message.created' ORDER BY created_at, id",
+    )
+    .fetch_all(node.runtime.database().pool())
+    .await
+    .unwrap();
+    let events: Vec<serde_json::Value> =
+        payloads.iter().map(|payload| serde_json::from_str(payload).unwrap()).collect();
+    assert_eq!(events.len(), messages.len(), "{events:?}");
+    for message in &messages {
+        let event = events
+            .iter()
+            .find(|event| event["data"]["message_id"] == message.id.to_string())
+            .unwrap_or_else(|| panic!("no message.created for {message:?}"));
+        assert_eq!(event["data"]["text"].as_str(), message.text.as_deref(), "{event}");
+        assert_eq!(event["data"]["finish_reason"].as_str(), message.finish_reason.as_deref(), "{event}");
+    }
 }
 
 /// "Okay" over the answer is a backchannel: the volume comes back and the agent goes on.
@@ -555,6 +585,65 @@ async fn a_call_lasts_at_most_the_longest_duration() {
     caller.run_until(|_| false).await;
     assert_eq!(caller.ended, Some(EndReason::Timeout));
     wait_for_no_calls(&node.runtime).await;
+}
+
+/// A ten-minute monologue, fed fifty times faster than real time: the call neither ends nor
+/// holds more than its input buffer, the speech is transcribed in parts no longer than whisper
+/// takes at once, and the call still hangs up cleanly; the node takes the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_minute_monologue_fed_fast_is_transcribed_in_parts() {
+    let Some(models) = models() else { return };
+    let node = node(models.embedder.clone(), |_| {}).await;
+    node.runtime.calls().set_engines(models.engines.clone());
+    let agent = node.agent(VoiceSettings::default()).await;
+    let rate = 16_000;
+    let paragraph = speech(models, MONOLOGUE, rate).await;
+    let total = rate as usize * 600;
+    let monologue: Vec<i16> = paragraph.iter().copied().cycle().take(total).collect();
+
+    let call = calls::start(&node.runtime, &agent.public_id, request(rate)).await.unwrap();
+    let conversation_id = call.conversation_id;
+    let mut caller = Caller::new(call, rate);
+    // One second of speech every 20 ms.
+    let mut clock = tokio::time::interval(Duration::from_millis(20));
+    let mut chunks = monologue.chunks(rate as usize);
+    loop {
+        tokio::select! {
+            _ = clock.tick() => match chunks.next() {
+                Some(chunk) => caller.call.audio_in.push(chunk),
+                None => break,
+            },
+            event = caller.call.events.recv() => {
+                let event = event.expect("the events ended during the monologue");
+                assert!(!matches!(event, CallEvent::Ended(_)), "the call ended during the monologue: {event:?}");
+                caller.events.push((caller.tick, event));
+            }
+        }
+    }
+    let dropped = caller.call.audio_in.dropped_samples();
+    let bound = u64::from(rate) * node.runtime.settings().voice.input_buffer_ms / 1000;
+    eprintln!("monologue: {dropped} of {total} samples dropped (input buffer {bound} samples)");
+
+    // Then quiet, in real time, until the caller's speech is stored; then hang up.
+    caller.run_until(|caller| caller.has_caption(Speaker::Caller, "")).await;
+    caller.hang_up(&node.runtime).await;
+    wait_for_no_calls(&node.runtime).await;
+    let messages = node.messages(conversation_id).await;
+    let heard: Vec<_> = messages.iter().filter(|message| message.role == MessageRole::User).collect();
+    assert!(!heard.is_empty(), "some of the monologue is stored");
+    for message in &heard {
+        let utterance = message.utterance.as_ref().expect("a spoken message has its times");
+        assert!(
+            utterance.end_ms - utterance.start_ms <= 28_000 + 1_000,
+            "a part longer than whisper takes at once: {utterance:?}"
+        );
+        assert!(overlap(message.text.as_deref().unwrap_or(""), MONOLOGUE) > 0.5, "{:?}", message.text);
+    }
+    let next = calls::start(&node.runtime, &agent.public_id, request(rate)).await.unwrap();
+    assert!(calls::hang_up(&node.runtime, next.id));
+    let mut next = Caller::new(next, rate);
+    next.run_until(|_| false).await;
+    assert_eq!(next.ended, Some(EndReason::HungUp));
 }
 
 /// The agent's call limit, voice switched off, origins, and a node without the models.

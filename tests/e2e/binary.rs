@@ -1,20 +1,26 @@
 //! The real `parley` binary as a user runs it: first start with the demo key, restarts, the
 //! data-directory lock, offline admin commands, settings errors, TLS, and SIGTERM.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::common::clean_command;
 
-/// A running `parley serve` with its stdout collected line by line.
+/// Lines of a node's log (its stderr) kept for failure messages and log checks.
+const LOG_LINES: usize = 5_000;
+
+/// A running `parley serve` with its stdout collected line by line, and its log (stderr) read
+/// as it comes: a log nobody reads would fill the pipe and block the node at its next line.
 pub struct Node {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    log: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl Node {
@@ -32,7 +38,26 @@ impl Node {
                 }
             }
         });
-        Node { child, lines, seen: Vec::new() }
+        let log: Arc<Mutex<VecDeque<String>>> = Arc::default();
+        if let Some(stderr) = child.stderr.take() {
+            let kept = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut kept = kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if kept.len() == LOG_LINES {
+                        kept.pop_front();
+                    }
+                    kept.push_back(line);
+                }
+            });
+        }
+        Node { child, lines, seen: Vec::new(), log }
+    }
+
+    /// The node's log so far (its last lines).
+    pub fn log(&self) -> String {
+        let kept = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        kept.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
     }
 
     /// Waits for a stdout line containing `needle` (bounded: the test fails rather than hangs).

@@ -273,25 +273,8 @@ fn spoken_question(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
     let mut samples = vec![0.0f32; rate as usize * 8];
     samples.extend_from_slice(&audio.samples);
     samples.extend(std::iter::repeat_n(0.0, rate as usize * 60));
-    let mut wav = Vec::with_capacity(44 + samples.len() * 2);
-    let data_len = (samples.len() * 2) as u32;
-    wav.extend_from_slice(b"RIFF");
-    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
-    wav.extend_from_slice(b"WAVEfmt ");
-    wav.extend_from_slice(&16u32.to_le_bytes());
-    wav.extend_from_slice(&1u16.to_le_bytes());
-    wav.extend_from_slice(&1u16.to_le_bytes());
-    wav.extend_from_slice(&rate.to_le_bytes());
-    wav.extend_from_slice(&(rate * 2).to_le_bytes());
-    wav.extend_from_slice(&2u16.to_le_bytes());
-    wav.extend_from_slice(&16u16.to_le_bytes());
-    wav.extend_from_slice(b"data");
-    wav.extend_from_slice(&data_len.to_le_bytes());
-    for sample in samples {
-        wav.extend_from_slice(&((sample.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes());
-    }
     let path = dir.join("question.wav");
-    std::fs::write(&path, wav).unwrap();
+    crate::common::write_wav(&path, &samples, rate);
     path
 }
 

@@ -274,3 +274,25 @@ pub fn voice_engines() -> Option<parley_runtime::calls::VoiceEngines> {
         }
     }
 }
+
+/// Writes `samples` (-1 to 1) as a 16-bit mono PCM WAV file.
+pub fn write_wav(path: &std::path::Path, samples: &[f32], rate: u32) {
+    let data_len = u32::try_from(samples.len() * 2).expect("a test WAV under 4 GiB");
+    let mut wav = Vec::with_capacity(44 + samples.len() * 2);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(rate * 2).to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    for sample in samples {
+        wav.extend_from_slice(&((sample.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes());
+    }
+    std::fs::write(path, wav).unwrap();
+}

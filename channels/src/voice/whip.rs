@@ -16,6 +16,7 @@
 //! the node shuts down.
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -406,6 +407,7 @@ async fn run_call(state: AppState, settings: WebrtcSettings, call: calls::Call, 
     };
     let mut pending_captions: Vec<String> = Vec::new();
     let mut reader: Option<tokio::task::JoinHandle<()>> = None;
+    let corrupt = Arc::new(AtomicU64::new(0));
     let connect_deadline = tokio::time::sleep(Duration::from_secs(settings.connect_timeout_seconds));
     tokio::pin!(connect_deadline);
     let mut connected = false;
@@ -460,7 +462,7 @@ async fn run_call(state: AppState, settings: WebrtcSettings, call: calls::Call, 
                 }
                 let track = remote_track.borrow_and_update().clone();
                 if let (Some(track), None) = (track, reader.as_ref()) {
-                    reader = Some(tokio::spawn(read_caller_audio(track, audio_in.clone())));
+                    reader = Some(tokio::spawn(read_caller_audio(track, audio_in.clone(), Arc::clone(&corrupt))));
                 }
             }
             changed = peer_state.changed() => {
@@ -505,6 +507,10 @@ async fn run_call(state: AppState, settings: WebrtcSettings, call: calls::Call, 
         // The reader ends once the connection is closed; make sure it does.
         reader.abort();
         let _ = reader.await;
+    }
+    let corrupt = corrupt.load(Ordering::Relaxed);
+    if corrupt > 0 {
+        tracing::info!(%call_id, corrupt, "caller packets that were not Opus were skipped");
     }
     tracing::info!(%call_id, "voice call closed");
 }
@@ -561,8 +567,8 @@ async fn send_last_caption(
 }
 
 /// Decodes the caller's Opus packets into the call until the track ends. Packets that do not
-/// decode are skipped (and counted in the log at the end).
-async fn read_caller_audio(track: Arc<TrackRemote>, audio_in: calls::CallAudioIn) {
+/// decode are skipped and counted in `corrupt` (the call's task logs the count at the end).
+async fn read_caller_audio(track: Arc<TrackRemote>, audio_in: calls::CallAudioIn, corrupt: Arc<AtomicU64>) {
     let mut decoder = match opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono) {
         Ok(decoder) => decoder,
         Err(error) => {
@@ -571,18 +577,16 @@ async fn read_caller_audio(track: Arc<TrackRemote>, audio_in: calls::CallAudioIn
         }
     };
     let mut pcm = vec![0i16; MAX_DECODED_SAMPLES];
-    let mut corrupt = 0u64;
     while let Ok((packet, _attributes)) = track.read_rtp().await {
         if packet.payload.is_empty() {
             continue;
         }
         match decoder.decode(&packet.payload, &mut pcm, false) {
             Ok(samples) => audio_in.push(&pcm[..samples.min(pcm.len())]),
-            Err(_) => corrupt += 1,
+            Err(_) => {
+                corrupt.fetch_add(1, Ordering::Relaxed);
+            }
         }
-    }
-    if corrupt > 0 {
-        tracing::info!(corrupt, "caller packets that were not Opus were skipped");
     }
 }
 

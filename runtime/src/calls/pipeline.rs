@@ -801,9 +801,14 @@ impl Pipeline {
                 language: self.language.clone(),
             });
         }
-        let stored: crate::Result<bool> = async {
-            let mut connection = runtime.database().pool().acquire().await?;
-            storage::conversations::set_spoken_reply(&mut connection, &message).await
+        // The answer as heard and its `message.created`, in one transaction.
+        let stored: crate::Result<()> = async {
+            let mut transaction = runtime.database().begin().await?;
+            if storage::conversations::set_spoken_reply(&mut transaction, &message).await? {
+                crate::chat::engine::message_created(&mut transaction, session.agent.id, &message).await?;
+            }
+            transaction.commit().await?;
+            Ok(())
         }
         .await;
         if let Err(error) = stored {

@@ -24,6 +24,11 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// Calls: answers are spoken, and stored as they were heard.
+    pub fn is_spoken(self) -> bool {
+        matches!(self, Channel::Voice | Channel::Phone)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Web => "web",

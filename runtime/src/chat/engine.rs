@@ -793,7 +793,11 @@ async fn finish_turn(
 }
 
 /// Emits `message.created` for a message just stored, in the transaction that stored it.
-async fn message_created(connection: &mut sqlx::AnyConnection, agent_id: Uuid, message: &StoredMessage) -> Result<()> {
+pub(crate) async fn message_created(
+    connection: &mut sqlx::AnyConnection,
+    agent_id: Uuid,
+    message: &StoredMessage,
+) -> Result<()> {
     let ordering_key = message.conversation_id.to_string();
     crate::webhooks::enqueue(
         connection,
@@ -821,7 +825,11 @@ async fn store_reply(
         return Ok(());
     }
     storage::conversations::insert_message(&mut transaction, reply).await?;
-    message_created(&mut transaction, session.agent.id, reply).await?;
+    // A spoken answer's `message.created` leaves once the call knows what was heard of it
+    // (`calls::pipeline`), with the text as stored then.
+    if !session.conversation.channel.is_spoken() {
+        message_created(&mut transaction, session.agent.id, reply).await?;
+    }
     let tokens = i64::from(reply.prompt_tokens) + i64::from(reply.completion_tokens);
     if tokens > 0 {
         storage::usage::add(&mut transaction, reply.tenant_id, &today(), tokens).await?;
