@@ -200,7 +200,7 @@ impl OpenAiSpeech {
 
 /// Bare 16-bit little-endian mono samples at `rate`.
 fn decode_pcm(bytes: &[u8], rate: u32) -> Result<Audio, String> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(format!("{} bytes is not a whole number of 16-bit samples", bytes.len()));
     }
     let samples =
