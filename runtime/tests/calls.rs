@@ -125,6 +125,30 @@ impl Node {
         agents::create(&self.runtime, &self.principal, input).await.unwrap()
     }
 
+    /// The message records of a tenant export, once it is ready.
+    async fn exported_messages(&self) -> Vec<serde_json::Value> {
+        use parley_runtime::exports::{self, ExportFormat, ExportScope, ExportStatus};
+        use std::io::Read;
+        let job =
+            exports::create(&self.runtime, &self.principal, ExportScope::Tenant, ExportFormat::Archive).await.unwrap();
+        let deadline = Instant::now() + PHASE;
+        loop {
+            let job = exports::get(&self.runtime, &self.principal, job.id).await.unwrap();
+            match job.status {
+                ExportStatus::Ready => break,
+                ExportStatus::Queued | ExportStatus::Running if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => panic!("the export did not finish: {job:?}"),
+            }
+        }
+        let (_, path) = exports::download(&self.runtime, &self.principal, job.id).await.unwrap();
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+        let mut text = String::new();
+        archive.by_name("messages.ndjson").unwrap().read_to_string(&mut text).unwrap();
+        text.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    }
+
     async fn messages(&self, conversation_id: uuid::Uuid) -> Vec<StoredMessage> {
         let (_, messages) =
             parley_runtime::chat::conversations::get(&self.runtime, &self.principal, conversation_id).await.unwrap();
@@ -382,6 +406,19 @@ async fn question_and_answer(rate: u32) {
     assert!(voice.end_of_turn_ms >= 600.0, "{voice:?}");
     assert!(voice.transcription_ms > 0.0 && voice.synthesis_ms.is_some(), "{voice:?}");
     assert!(voice.first_audio_ms.unwrap() >= voice.end_of_turn_ms + voice.transcription_ms, "{voice:?}");
+
+    // The tenant's export carries both messages' places in the call and language.
+    let exported = node.exported_messages().await;
+    assert_eq!(exported.len(), 2, "{exported:?}");
+    for (record, message) in exported.iter().zip(&messages) {
+        let utterance = message.utterance.as_ref().unwrap();
+        assert_eq!(record["id"], message.id.to_string());
+        assert_eq!(
+            (&record["speech_start_ms"], &record["speech_end_ms"], &record["language"]),
+            (&utterance.start_ms.into(), &utterance.end_ms.into(), &serde_json::json!(utterance.language)),
+            "{record}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
