@@ -416,8 +416,8 @@ pub async fn start(runtime: &Runtime, public_id: &str, request: CallRequest) -> 
     let local_voice =
         engines.voice(&agent.voice.voice).ok_or_else(|| Error::VoiceUnavailable("no voice is loaded".to_owned()))?;
     let (call_id, hung_up) = runtime.calls().reserve(&agent)?;
-    let voice = agent_voice(runtime, &agent, local_voice).await;
     let slot = Slot { runtime: runtime.clone(), call_id };
+    let voice = agent_voice(runtime, &agent, local_voice).await;
     let session = session::start(runtime, &agent, request.channel, SessionRequest::default()).await?;
     let mut data = crate::webhooks::conversation_data(&session.conversation);
     data["call_id"] = serde_json::Value::String(call_id.to_string());
