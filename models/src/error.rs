@@ -67,6 +67,11 @@ pub enum ModelError {
     #[error("provider {provider} is unreachable: {reason}")]
     Unreachable { provider: String, reason: String },
 
+    /// A remote voice answered with audio Parley cannot play (not the format asked for, empty,
+    /// or larger than allowed).
+    #[error("provider {provider} sent unusable audio: {reason}")]
+    InvalidAudio { provider: String, reason: String },
+
     /// The stream broke after it had started (tokens already sent cannot be retried).
     #[error("the answer from {provider} broke off: {reason}")]
     StreamBroken { provider: String, reason: String },

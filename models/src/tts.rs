@@ -9,6 +9,10 @@
 //!   phoneme, `$` last. Characters the map lacks (such as the zero-width joiners espeak-ng puts
 //!   inside diphthongs) are skipped.
 //! - [`EspeakVoice`], the fallback: `espeak-ng --stdout` itself, its WAV output parsed here.
+//! - [`openai::OpenAiSpeech`], a remote voice: an OpenAI-compatible `/audio/speech` endpoint.
+//!
+//! [`FallbackVoice`] puts a local voice behind a remote one, so that a provider that fails never
+//! leaves a caller in silence.
 //!
 //! espeak-ng is GPL-3, so Parley runs it as a separate program (no shell, the text on its
 //! standard input, a time limit) and never links it. Synthesis runs on blocking threads.
@@ -17,6 +21,8 @@
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[cfg(feature = "onnx")]
@@ -24,6 +30,8 @@ pub use piper::PiperVoice;
 
 use crate::error::ModelError;
 use crate::llm::BoxFuture;
+
+pub mod openai;
 
 /// The longest text one call synthesises, in characters (a few sentences; callers split replies
 /// at sentence boundaries).
@@ -213,6 +221,68 @@ impl TextToSpeech for EspeakVoice {
         let voice = self.clone();
         let text = text.to_owned();
         Box::pin(async move { blocking(&self.id, move || voice.synthesize_blocking(&text)).await })
+    }
+}
+
+/// Speaks with `primary` until it fails once, then with `fallback`: the sentence that failed is
+/// spoken again by the fallback, and so is everything after it, so one call does not wait on a
+/// failing provider sentence after sentence nor switch voices back and forth. Make one per call.
+#[derive(Debug)]
+pub struct FallbackVoice {
+    primary: Arc<dyn TextToSpeech>,
+    fallback: Arc<dyn TextToSpeech>,
+    failed: AtomicBool,
+}
+
+impl FallbackVoice {
+    pub fn new(primary: Arc<dyn TextToSpeech>, fallback: Arc<dyn TextToSpeech>) -> Self {
+        Self { primary, fallback, failed: AtomicBool::new(false) }
+    }
+
+    /// True once the primary voice has failed and the fallback speaks.
+    pub fn fell_back(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+impl TextToSpeech for FallbackVoice {
+    fn voice_id(&self) -> &str {
+        if self.fell_back() {
+            self.fallback.voice_id()
+        } else {
+            self.primary.voice_id()
+        }
+    }
+
+    fn sample_rate(&self) -> u32 {
+        if self.fell_back() {
+            self.fallback.sample_rate()
+        } else {
+            self.primary.sample_rate()
+        }
+    }
+
+    fn synthesize(&self, text: &str) -> BoxFuture<'_, Result<Audio, ModelError>> {
+        let text = text.to_owned();
+        Box::pin(async move {
+            if !self.fell_back() {
+                match self.primary.synthesize(&text).await {
+                    Ok(audio) => return Ok(audio),
+                    // Text no voice can speak is the caller's mistake, not the provider's.
+                    Err(error @ ModelError::InvalidRequest { .. }) => return Err(error),
+                    Err(error) => {
+                        tracing::warn!(
+                            voice = self.primary.voice_id(),
+                            fallback = self.fallback.voice_id(),
+                            error = %error,
+                            "the voice failed; speaking with the fallback voice from now on"
+                        );
+                        self.failed.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            self.fallback.synthesize(&text).await
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 //! in small pieces with pauses (lines split across writes), error statuses, broken or stalled
 //! streams.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,9 +14,13 @@ use parley_models::llm::{
 };
 use parley_models::{Anthropic, ModelError, OpenAiCompatible, RemoteSettings};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+
+use crate::common::{read_request, Loopback, Recorded};
+
+mod common;
 
 const KEY: &str = "sk-test-0123456789-secret";
 const MODEL: &str = "test-model";
@@ -54,14 +58,6 @@ fn status(status: u16, body: String) -> Reply {
     Reply::Status { status, headers: Vec::new(), body }
 }
 
-#[derive(Debug, Clone)]
-struct Recorded {
-    method: String,
-    path: String,
-    headers: HashMap<String, String>,
-    body: Value,
-}
-
 #[derive(Default)]
 struct Shared {
     replies: Mutex<VecDeque<Reply>>,
@@ -73,31 +69,19 @@ struct Shared {
 struct FakeServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
+    _server: Loopback,
 }
 
 impl FakeServer {
     async fn start(replies: Vec<Reply>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared { replies: Mutex::new(replies.into()), ..Shared::default() });
         let server = Arc::clone(&shared);
-        let task = tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                tokio::spawn(serve(socket, Arc::clone(&server)));
-            }
-        });
-        Self { addr, shared, task }
+        let server = Loopback::start(move |socket| serve(socket, Arc::clone(&server))).await;
+        Self { addr: server.addr, shared, _server: server }
     }
 
     fn requests(&self) -> Vec<Recorded> {
         self.shared.requests.lock().unwrap().clone()
-    }
-}
-
-impl Drop for FakeServer {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -149,41 +133,6 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) {
             }
         }
     }
-}
-
-async fn read_request(socket: &mut TcpStream) -> Option<Recorded> {
-    let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
-    let head_end = loop {
-        if let Some(pos) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos;
-        }
-        let n = socket.read(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        data.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8_lossy(&data[..head_end]).to_string();
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next()?.split(' ');
-    let method = request_line.next()?.to_string();
-    let path = request_line.next()?.to_string();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
-        .collect();
-    let length: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let mut body = data[head_end + 4..].to_vec();
-    while body.len() < length {
-        let n = socket.read(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        body.extend_from_slice(&buf[..n]);
-    }
-    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    Some(Recorded { method, path, headers, body })
 }
 
 // ---------------------------------------------------------------------------------------------

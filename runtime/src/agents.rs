@@ -156,10 +156,36 @@ impl Default for RetrievalSettings {
 pub struct VoiceSettings {
     pub enabled: bool,
     pub speech_to_text_model: String,
+    /// The local voice: the agent's voice with `provider: local`, the fallback with a remote one.
     pub voice: String,
     pub max_concurrent_calls: u32,
     pub end_of_turn_silence_ms: u32,
     pub disclosure: String,
+    /// Who synthesises the agent's speech. Agents stored before remote voices existed read
+    /// `local` and no remote fields.
+    #[serde(default)]
+    pub provider: VoiceProvider,
+    /// Remote voices only: the provider's speech model, e.g. `tts-1`.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Remote voices only: the provider's voice name, e.g. `alloy`.
+    #[serde(default)]
+    pub remote_voice: Option<String>,
+    /// Remote voices only: the API base URL (`…/v1`); speech is posted to `{base_url}/audio/speech`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+}
+
+/// Who synthesises an agent's speech.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum VoiceProvider {
+    /// The node's local voices (Piper, espeak-ng as its fallback).
+    #[default]
+    Local,
+    /// An OpenAI-compatible `/audio/speech` endpoint, reached with the tenant's
+    /// `openai_compatible` provider key; the local voice takes over if it fails.
+    Openai,
 }
 
 impl Default for VoiceSettings {
@@ -171,6 +197,10 @@ impl Default for VoiceSettings {
             max_concurrent_calls: 4,
             end_of_turn_silence_ms: 700,
             disclosure: "You are talking to an AI assistant. This call is transcribed.".to_owned(),
+            provider: VoiceProvider::Local,
+            model: None,
+            remote_voice: None,
+            base_url: None,
         }
     }
 }
@@ -402,9 +432,7 @@ fn validate(agent: &Agent) -> Result<()> {
         (ModelProvider::OpenaiCompatible, None) => {
             return Err(Error::invalid("model.base_url", "is required for openai_compatible"));
         }
-        (_, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2_000 => {
-            return Err(Error::invalid("model.base_url", "must be an http:// or https:// URL"));
-        }
+        (_, Some(url)) => check_base_url("model.base_url", url)?,
         _ => {}
     }
     if !(0.0..=2.0).contains(&model.temperature) {
@@ -447,6 +475,7 @@ fn validate(agent: &Agent) -> Result<()> {
     if !(100..=10_000).contains(&voice.end_of_turn_silence_ms) {
         return Err(Error::invalid("voice.end_of_turn_silence_ms", "must be between 100 and 10000"));
     }
+    validate_voice_provider(voice)?;
     for (field, days) in [
         ("retention.transcript_days", agent.retention.transcript_days),
         ("retention.audio_days", agent.retention.audio_days),
@@ -485,6 +514,54 @@ fn validate(agent: &Agent) -> Result<()> {
                 "must be an origin such as https://example.com or http://localhost:3000 (no path)",
             ));
         }
+    }
+    Ok(())
+}
+
+/// A remote voice names its model, voice and base URL; the local voice takes none of them.
+fn validate_voice_provider(voice: &VoiceSettings) -> Result<()> {
+    let remote_fields = [
+        ("voice.model", &voice.model),
+        ("voice.remote_voice", &voice.remote_voice),
+        ("voice.base_url", &voice.base_url),
+    ];
+    match voice.provider {
+        VoiceProvider::Local => {
+            if let Some((field, _)) = remote_fields.iter().find(|(_, value)| value.is_some()) {
+                return Err(Error::invalid(*field, "is only for remote voices (provider openai)"));
+            }
+        }
+        VoiceProvider::Openai => {
+            for (field, value) in remote_fields {
+                let Some(value) = value else {
+                    return Err(Error::invalid(field, "is required for provider openai"));
+                };
+                if field == "voice.base_url" {
+                    check_base_url(field, value)?;
+                } else {
+                    check_text(field, value, 1, 200)?;
+                    if value.chars().any(char::is_control) {
+                        return Err(Error::invalid(field, "must not contain control characters"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A remote provider's API base URL: http or https, a host, no credentials (keys are stored
+/// sealed as provider keys, never in a URL), at most 2000 characters.
+fn check_base_url(field: &str, url: &str) -> Result<()> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2_000 {
+        return Err(Error::invalid(field, "must be an http:// or https:// URL"));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|error| Error::invalid(field, format!("is not a URL: {error}")))?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(Error::invalid(field, "must name a host"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(Error::invalid(field, "must not contain credentials (store the key as a provider key)"));
     }
     Ok(())
 }
@@ -652,8 +729,48 @@ mod tests {
         assert!(validate(&remote).is_err());
         remote.model.base_url = Some("http://127.0.0.1:8081/v1".into());
         validate(&remote).unwrap();
-        let mut blank = agent;
+        let mut blank = agent.clone();
         blank.name = "   ".into();
         assert!(validate(&blank).is_err());
+
+        let mut spoken = agent.clone();
+        spoken.voice.provider = VoiceProvider::Openai;
+        assert_eq!(invalid_field(&spoken), "voice.model");
+        spoken.voice.model = Some("tts-1".into());
+        spoken.voice.remote_voice = Some("alloy".into());
+        assert_eq!(invalid_field(&spoken), "voice.base_url");
+        for (url, valid) in [
+            ("http://127.0.0.1:8000/v1", true),
+            ("https://speech.example/v1", true),
+            ("speech.example/v1", false),
+            ("http://", false),
+            ("https://user:secret@speech.example/v1", false),
+        ] {
+            spoken.voice.base_url = Some(url.into());
+            assert_eq!(validate(&spoken).is_ok(), valid, "{url}");
+        }
+        spoken.voice.base_url = Some("http://127.0.0.1:8000/v1".into());
+        spoken.voice.remote_voice = Some(" ".into());
+        assert_eq!(invalid_field(&spoken), "voice.remote_voice");
+        let mut local = agent;
+        local.voice.base_url = Some("http://127.0.0.1:8000/v1".into());
+        assert_eq!(invalid_field(&local), "voice.base_url");
+    }
+
+    fn invalid_field(agent: &Agent) -> String {
+        match validate(agent) {
+            Err(Error::InvalidInput { field, .. }) => field,
+            other => panic!("expected invalid input, got {other:?}"),
+        }
+    }
+
+    /// Voice settings stored before remote voices existed read the local voice.
+    #[test]
+    fn stored_voice_settings_without_a_provider_read_the_local_voice() {
+        let stored = r#"{"enabled":true,"speech_to_text_model":"whisper-tiny.en","voice":"en_US-joe-medium",
+            "max_concurrent_calls":2,"end_of_turn_silence_ms":700,"disclosure":"Hi."}"#;
+        let settings: VoiceSettings = serde_json::from_str(stored).unwrap();
+        assert_eq!(settings.provider, VoiceProvider::Local);
+        assert_eq!((settings.model, settings.remote_voice, settings.base_url), (None, None, None));
     }
 }

@@ -719,6 +719,9 @@ fn message_record(message: &StoredMessage) -> Value {
         "prompt_tokens": message.prompt_tokens,
         "completion_tokens": message.completion_tokens,
         "created_at": timestamp(message.created_at),
+        "speech_start_ms": message.utterance.as_ref().map(|utterance| utterance.start_ms),
+        "speech_end_ms": message.utterance.as_ref().map(|utterance| utterance.end_ms),
+        "language": message.utterance.as_ref().and_then(|utterance| utterance.language.as_deref()),
     })
 }
 
@@ -855,7 +858,7 @@ pub fn schema() -> Value {
                 }),
             ),
             "message": record(
-                &["id", "conversation_id", "role", "text", "reply_to", "finish_reason", "citations", "model", "prompt_tokens", "completion_tokens", "created_at"],
+                &["id", "conversation_id", "role", "text", "reply_to", "finish_reason", "citations", "model", "prompt_tokens", "completion_tokens", "created_at", "speech_start_ms", "speech_end_ms", "language"],
                 json!({
                     "id": uuid, "conversation_id": uuid, "role": { "enum": ["user", "assistant"] },
                     "text": nullable(&text), "reply_to": nullable(&uuid), "finish_reason": nullable(&text),
@@ -864,7 +867,8 @@ pub fn schema() -> Value {
                         json!({ "marker": count, "document_id": uuid, "title": text, "snippet": text }),
                     ) },
                     "model": nullable(&text), "prompt_tokens": count, "completion_tokens": count,
-                    "created_at": timestamp,
+                    "created_at": timestamp, "speech_start_ms": nullable(&count), "speech_end_ms": nullable(&count),
+                    "language": nullable(&text),
                 }),
             ),
             "audit_entry": record(
@@ -927,6 +931,38 @@ mod tests {
             ] })
         );
         assert_eq!(fine_tuning_example(None, &[unanswered, failed]), None);
+    }
+
+    /// Spoken messages carry their place in the call and language; typed ones carry nulls; both
+    /// have exactly the fields the schema lists.
+    #[test]
+    fn message_records_carry_utterance_times_and_language() {
+        let mut spoken = message(MessageRole::User, "What time do you open?", None, None);
+        spoken.utterance = Some(crate::chat::conversations::Utterance {
+            start_ms: 4_120,
+            end_ms: 6_480,
+            language: Some("en".to_owned()),
+        });
+        let record = message_record(&spoken);
+        assert_eq!(
+            (&record["speech_start_ms"], &record["speech_end_ms"], &record["language"]),
+            (&json!(4_120), &json!(6_480), &json!("en"))
+        );
+        let typed = message_record(&message(MessageRole::User, "Hello", None, None));
+        assert_eq!(
+            (&typed["speech_start_ms"], &typed["speech_end_ms"], &typed["language"]),
+            (&Value::Null, &Value::Null, &Value::Null)
+        );
+        let definition = &schema()["$defs"]["message"];
+        let mut required: Vec<&str> =
+            definition["required"].as_array().unwrap().iter().map(|name| name.as_str().unwrap()).collect();
+        required.sort_unstable();
+        for record in [record, typed] {
+            let mut fields: Vec<&str> = record.as_object().unwrap().keys().map(String::as_str).collect();
+            fields.sort_unstable();
+            assert_eq!(fields, required);
+        }
+        assert_eq!(definition["properties"]["speech_start_ms"]["anyOf"][0]["type"], "integer");
     }
 
     #[test]

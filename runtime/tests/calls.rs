@@ -6,6 +6,9 @@
 //! The agent searches its knowledge base, which holds no documents, so every answer is its
 //! fixed "don't know" message, without a language model: the answers are deterministic.
 //!
+//! Remote voices speak through a fake OpenAI-compatible speech server on loopback that answers
+//! with a steady tone, so the audio a caller hears can be told apart from the local voice's.
+//!
 //! Tests that need the models skip loudly when they are not installed, unless
 //! `PARLEY_REQUIRE_MODELS` is set: then they fail.
 
@@ -19,11 +22,11 @@ use parley_models::audio::StreamResampler;
 use parley_models::tts::{EspeakVoice, PiperVoice, TextToSpeech};
 use parley_models::vad::SileroVad;
 use parley_models::{installed_dir, BertEmbedder, WhisperOptions, WhisperStt, EMBEDDING_PACKAGE, WHISPER_GGML_FILE};
-use parley_runtime::agents::{self, Agent, AgentInput, RetrievalSettings, VoiceSettings};
+use parley_runtime::agents::{self, Agent, AgentInput, RetrievalSettings, VoiceProvider, VoiceSettings};
 use parley_runtime::calls::{self, Call, CallEvent, CallRequest, EndReason, Speaker, VoiceEngines};
 use parley_runtime::chat::conversations::{Channel, MessageRole, StoredMessage};
 use parley_runtime::storage::Database;
-use parley_runtime::{auth, tenants, Runtime};
+use parley_runtime::{auth, provider_keys, tenants, Runtime};
 
 const DISCLOSURE: &str = "You are talking to an AI assistant. This call is transcribed.";
 const GREETING: &str = "Hello, this is the town library.";
@@ -125,6 +128,30 @@ impl Node {
             ..AgentInput::default()
         };
         agents::create(&self.runtime, &self.principal, input).await.unwrap()
+    }
+
+    /// The message records of a tenant export, once it is ready.
+    async fn exported_messages(&self) -> Vec<serde_json::Value> {
+        use parley_runtime::exports::{self, ExportFormat, ExportScope, ExportStatus};
+        use std::io::Read;
+        let job =
+            exports::create(&self.runtime, &self.principal, ExportScope::Tenant, ExportFormat::Archive).await.unwrap();
+        let deadline = Instant::now() + PHASE;
+        loop {
+            let job = exports::get(&self.runtime, &self.principal, job.id).await.unwrap();
+            match job.status {
+                ExportStatus::Ready => break,
+                ExportStatus::Queued | ExportStatus::Running if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => panic!("the export did not finish: {job:?}"),
+            }
+        }
+        let (_, path) = exports::download(&self.runtime, &self.principal, job.id).await.unwrap();
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+        let mut text = String::new();
+        archive.by_name("messages.ndjson").unwrap().read_to_string(&mut text).unwrap();
+        text.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
     }
 
     async fn messages(&self, conversation_id: uuid::Uuid) -> Vec<StoredMessage> {
@@ -384,6 +411,19 @@ async fn question_and_answer(rate: u32) {
     assert!(voice.end_of_turn_ms >= 600.0, "{voice:?}");
     assert!(voice.transcription_ms > 0.0 && voice.synthesis_ms.is_some(), "{voice:?}");
     assert!(voice.first_audio_ms.unwrap() >= voice.end_of_turn_ms + voice.transcription_ms, "{voice:?}");
+
+    // The tenant's export carries both messages' places in the call and language.
+    let exported = node.exported_messages().await;
+    assert_eq!(exported.len(), 2, "{exported:?}");
+    for (record, message) in exported.iter().zip(&messages) {
+        let utterance = message.utterance.as_ref().unwrap();
+        assert_eq!(record["id"], message.id.to_string());
+        assert_eq!(
+            (&record["speech_start_ms"], &record["speech_end_ms"], &record["language"]),
+            (&utterance.start_ms.into(), &utterance.end_ms.into(), &serde_json::json!(utterance.language)),
+            "{record}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -705,4 +745,247 @@ async fn calls_are_refused_with_precise_errors() {
     let call = calls::start(&node.runtime, &guarded.public_id, own).await.unwrap();
     drop(call);
     wait_for_no_calls(&node.runtime).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Remote voices
+
+const SPEECH_KEY: &str = "sk-speech-test-0123456789";
+/// Every answer of the fake speech server: a 440 Hz tone this long, at 24 kHz.
+const TONE_MS: usize = 800;
+const TONE_AMPLITUDE: f64 = 0.4;
+
+/// What the fake speech server answers.
+#[derive(Clone, Copy)]
+enum SpeechReply {
+    /// 200 with the tone as a WAV file.
+    Tone,
+    /// 500 with an error object.
+    Failure,
+}
+
+/// One request the fake speech server received: its path, headers and JSON body.
+type SpeechRequest = (String, std::collections::HashMap<String, String>, serde_json::Value);
+
+/// A fake OpenAI-compatible speech server on loopback (the remote provider's side of the
+/// socket, which Parley does not own): records every request and answers each the same way.
+struct SpeechServer {
+    base_url: String,
+    requests: Arc<std::sync::Mutex<Vec<SpeechRequest>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SpeechServer {
+    async fn start(reply: SpeechReply) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&requests);
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(answer_speech(socket, reply, Arc::clone(&recorded)));
+            }
+        });
+        Self { base_url, requests, task }
+    }
+
+    fn requests(&self) -> Vec<SpeechRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// The texts asked for, in order.
+    fn inputs(&self) -> Vec<String> {
+        self.requests().iter().map(|(_, _, body)| body["input"].as_str().unwrap_or_default().to_owned()).collect()
+    }
+
+    fn settings(&self) -> VoiceSettings {
+        VoiceSettings {
+            provider: VoiceProvider::Openai,
+            model: Some("tts-1".to_owned()),
+            remote_voice: Some("nova".to_owned()),
+            base_url: Some(self.base_url.clone()),
+            ..VoiceSettings::default()
+        }
+    }
+}
+
+impl Drop for SpeechServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer_speech(
+    socket: tokio::net::TcpStream,
+    reply: SpeechReply,
+    requests: Arc<std::sync::Mutex<Vec<SpeechRequest>>>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let mut reader = tokio::io::BufReader::new(socket);
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+        return;
+    }
+    let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_owned();
+    let mut headers = std::collections::HashMap::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        match line.trim_end().split_once(':') {
+            Some((name, value)) => headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned()),
+            None => break,
+        };
+    }
+    let length = headers.get("content-length").and_then(|length| length.parse().ok()).unwrap_or(0);
+    let mut body = vec![0; length];
+    if reader.read_exact(&mut body).await.is_err() {
+        return;
+    }
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    requests.lock().unwrap().push((path, headers, body));
+    let (status, content_type, body) = match reply {
+        SpeechReply::Tone => ("200 OK", "audio/wav", tone_wav()),
+        SpeechReply::Failure => {
+            ("500 Internal Server Error", "application/json", br#"{"error":{"message":"speech is down"}}"#.to_vec())
+        }
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut socket = reader.into_inner();
+    let _ = socket.write_all(head.as_bytes()).await;
+    let _ = socket.write_all(&body).await;
+    let _ = socket.shutdown().await;
+}
+
+/// The tone as a 16-bit mono WAV file at 24 kHz.
+fn tone_wav() -> Vec<u8> {
+    let rate = 24_000_u32;
+    let samples = rate as usize * TONE_MS / 1000;
+    let data: Vec<u8> = (0..samples)
+        .map(|n| {
+            let phase = 2.0 * std::f64::consts::PI * 440.0 * n as f64 / f64::from(rate);
+            (TONE_AMPLITUDE * phase.sin() * 32_767.0) as i16
+        })
+        .flat_map(i16::to_le_bytes)
+        .collect();
+    let mut wav = b"RIFF".to_vec();
+    wav.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    for field in [16_u32.to_le_bytes().to_vec(), 1_u16.to_le_bytes().to_vec(), 1_u16.to_le_bytes().to_vec()] {
+        wav.extend_from_slice(&field);
+    }
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(rate * 2).to_le_bytes());
+    wav.extend_from_slice(&2_u16.to_le_bytes());
+    wav.extend_from_slice(&16_u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    wav.extend_from_slice(&data);
+    wav
+}
+
+/// The RMS of every agent audio frame with sound in it (above −40 dBFS), in order.
+fn loud_frame_levels(caller: &Caller) -> Vec<f64> {
+    caller
+        .events
+        .iter()
+        .filter_map(|(_, event)| match event {
+            CallEvent::Audio(frame) => Some(rms(frame)),
+            _ => None,
+        })
+        .filter(|level| *level > 327.0)
+        .collect()
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// How much the frames' levels vary (standard deviation over mean): a steady tone barely, speech a lot.
+fn level_variation(levels: &[f64]) -> f64 {
+    let mean = levels.iter().sum::<f64>() / levels.len().max(1) as f64;
+    let variance = levels.iter().map(|level| (level - mean).powi(2)).sum::<f64>() / levels.len().max(1) as f64;
+    variance.sqrt() / mean.max(f64::MIN_POSITIVE)
+}
+
+/// An agent with a remote voice speaks with the provider's audio: the disclosure and greeting
+/// the caller hears are the server's tone, sentence by sentence, and every request carried the
+/// tenant's key, the agent's model and voice, and the sentence; the answer is spoken the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_a_remote_voice_speaks_with_the_providers_audio() {
+    let Some(models) = models() else { return };
+    let server = SpeechServer::start(SpeechReply::Tone).await;
+    let node = node(models.embedder.clone(), |_| {}).await;
+    node.runtime.calls().set_engines(models.engines.clone());
+    provider_keys::set(&node.runtime, &node.principal, "openai_compatible", SPEECH_KEY).await.unwrap();
+    let agent = node.agent(server.settings()).await;
+    let rate = 48_000;
+    let question = speech(models, QUESTION, rate).await;
+    let call = calls::start(&node.runtime, &agent.public_id, request(rate)).await.unwrap();
+    let mut caller = Caller::new(call, rate);
+    caller.run_until(|caller| caller.has_caption(Speaker::Agent, "Hello") && caller.quiet_for(10)).await;
+
+    assert_eq!(server.inputs(), ["You are talking to an AI assistant.", "This call is transcribed.", GREETING]);
+    for (path, headers, body) in server.requests() {
+        assert_eq!(path, "/v1/audio/speech");
+        assert_eq!(headers["authorization"], format!("Bearer {SPEECH_KEY}"));
+        assert_eq!(
+            (&body["model"], &body["voice"], &body["response_format"]),
+            (&"tts-1".into(), &"nova".into(), &"wav".into())
+        );
+    }
+    // Three sentences of the tone were played: as many frames, at the tone's level, steady.
+    let levels = loud_frame_levels(&caller);
+    let tone_frames = 3 * TONE_MS / 20;
+    assert!(levels.len().abs_diff(tone_frames) <= 4, "{} loud frames, {tone_frames} expected", levels.len());
+    let tone_rms = TONE_AMPLITUDE * 32_767.0 / std::f64::consts::SQRT_2;
+    assert!((median(&levels) - tone_rms).abs() < tone_rms * 0.05, "level {} vs {tone_rms}", median(&levels));
+    assert!(level_variation(&levels) < 0.1, "the tone is steady: {}", level_variation(&levels));
+
+    // The answer is asked for sentence by sentence.
+    caller.say(&question, 0);
+    caller.run_until(|caller| caller.has_caption(Speaker::Agent, "I'm sorry")).await;
+    let inputs = server.inputs();
+    assert_eq!(inputs[3], "I'm sorry, I don't know that.", "{inputs:?}");
+    caller.hang_up(&node.runtime).await;
+}
+
+/// A remote voice without the tenant's key, or whose provider fails, leaves the call to the
+/// local voice: the caller hears speech (not silence, not the provider's audio).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_voice_that_cannot_speak_falls_back_to_the_local_voice() {
+    let Some(models) = models() else { return };
+    let node = node(models.embedder.clone(), |_| {}).await;
+    node.runtime.calls().set_engines(models.engines.clone());
+    let rate = 48_000;
+    for key_stored in [false, true] {
+        let server = SpeechServer::start(SpeechReply::Failure).await;
+        if key_stored {
+            provider_keys::set(&node.runtime, &node.principal, "openai_compatible", SPEECH_KEY).await.unwrap();
+        }
+        let agent = node.agent(server.settings()).await;
+        let call = calls::start(&node.runtime, &agent.public_id, request(rate)).await.unwrap();
+        let mut caller = Caller::new(call, rate);
+        caller.run_until(|caller| caller.has_caption(Speaker::Agent, "Hello") && caller.quiet_for(10)).await;
+        let levels = loud_frame_levels(&caller);
+        // The local voice's disclosure and greeting: seconds of speech whose level varies.
+        assert!(levels.len() > 100, "key stored {key_stored}: only {} loud frames", levels.len());
+        assert!(level_variation(&levels) > 0.2, "key stored {key_stored}: {}", level_variation(&levels));
+        let requests = server.requests();
+        if key_stored {
+            // The provider was tried (one retry), failed, and was not asked again.
+            assert_eq!(requests.len(), 2, "{requests:?}");
+            assert_eq!(requests[0].1["authorization"], format!("Bearer {SPEECH_KEY}"));
+        } else {
+            assert!(requests.is_empty(), "without a key the provider is never asked: {requests:?}");
+        }
+        caller.hang_up(&node.runtime).await;
+        wait_for_no_calls(&node.runtime).await;
+    }
 }

@@ -8,6 +8,7 @@ use crate::common::{Backend, TestServer, OPERATOR_KEY};
 
 both_backends!(
     agents_crud_is_audited,
+    remote_voice_settings_round_trip_and_are_checked,
     pagination_walks_every_item_once,
     key_lifecycle,
     operator_endpoints,
@@ -78,6 +79,81 @@ async fn agents_crud_is_audited(backend: Backend) {
     assert_eq!(update["details"]["fields"], json!(["greeting", "voice"]));
     assert_eq!(audit["items"][4]["actor_role"], "operator");
     server.stop().await;
+}
+
+/// An agent's voice can be a remote OpenAI-compatible voice: its settings are stored and shown,
+/// bad ones are refused with the field named and change nothing, and OpenAPI describes them.
+async fn remote_voice_settings_round_trip_and_are_checked(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let (_, owner) = server.tenant("Speakers").await;
+    let agent = server.agent(&owner, "Caller help").await;
+    let id = agent["id"].as_str().unwrap().to_owned();
+    assert_eq!(agent["voice"]["provider"], "local", "the local voice is the default");
+    assert_eq!(
+        (&agent["voice"]["model"], &agent["voice"]["remote_voice"], &agent["voice"]["base_url"]),
+        (&Value::Null, &Value::Null, &Value::Null)
+    );
+
+    let remote = json!({ "enabled": true, "provider": "openai", "model": "tts-1", "remote_voice": "nova",
+                         "base_url": "https://speech.example/v1" });
+    let (status, updated) = server.patch(&format!("/admin/v1/agents/{id}"), &owner, json!({ "voice": remote })).await;
+    assert_eq!(status, 200, "{updated}");
+    let voice = &updated["voice"];
+    assert_eq!(
+        (&voice["provider"], &voice["model"], &voice["remote_voice"], &voice["base_url"]),
+        (&json!("openai"), &json!("tts-1"), &json!("nova"), &json!("https://speech.example/v1"))
+    );
+    assert_eq!(voice["voice"], "en_US-joe-medium", "the local voice stays as the fallback");
+    let (_, fetched) = server.get(&format!("/admin/v1/agents/{id}"), &owner).await;
+    assert_eq!(fetched["voice"], updated["voice"]);
+
+    for (voice, field) in [
+        (
+            json!({ "provider": "openai", "remote_voice": "nova", "base_url": "https://speech.example/v1" }),
+            "voice.model",
+        ),
+        (
+            json!({ "provider": "openai", "model": "tts-1", "base_url": "https://speech.example/v1" }),
+            "voice.remote_voice",
+        ),
+        (json!({ "provider": "openai", "model": "tts-1", "remote_voice": "nova" }), "voice.base_url"),
+        (
+            json!({ "provider": "openai", "model": "tts-1", "remote_voice": "nova", "base_url": "speech.example/v1" }),
+            "voice.base_url",
+        ),
+        (
+            json!({ "provider": "openai", "model": "tts-1", "remote_voice": "nova", "base_url": "https://k:s@speech.example/v1" }),
+            "voice.base_url",
+        ),
+        (
+            json!({ "provider": "openai", "model": " ", "remote_voice": "nova", "base_url": "https://speech.example/v1" }),
+            "voice.model",
+        ),
+        (json!({ "provider": "local", "base_url": "https://speech.example/v1" }), "voice.base_url"),
+    ] {
+        let (status, problem) =
+            server.patch(&format!("/admin/v1/agents/{id}"), &owner, json!({ "voice": voice })).await;
+        assert_eq!((status, problem["field"].as_str()), (422, Some(field)), "{voice}: {problem}");
+    }
+    let (status, problem) =
+        server.patch(&format!("/admin/v1/agents/{id}"), &owner, json!({ "voice": { "provider": "elevenlabs" } })).await;
+    assert_eq!(status, 422, "an unknown provider: {problem}");
+    let (_, unchanged) = server.get(&format!("/admin/v1/agents/{id}"), &owner).await;
+    assert_eq!(unchanged["voice"], updated["voice"], "refused settings changed nothing");
+
+    let (status, local) =
+        server.patch(&format!("/admin/v1/agents/{id}"), &owner, json!({ "voice": { "provider": "local" } })).await;
+    assert_eq!(
+        (status, &local["voice"]["provider"], &local["voice"]["base_url"]),
+        (200, &json!("local"), &Value::Null)
+    );
+
+    let document: Value = reqwest::get(format!("{}/openapi.json", server.base)).await.unwrap().json().await.unwrap();
+    let schemas = &document["components"]["schemas"];
+    for field in ["provider", "model", "remote_voice", "base_url"] {
+        assert!(schemas["VoiceDto"]["properties"][field].is_object(), "VoiceDto.{field} in {}", schemas["VoiceDto"]);
+    }
+    assert_eq!(schemas["VoiceProviderDto"]["enum"], json!(["local", "openai"]));
 }
 
 async fn pagination_walks_every_item_once(backend: Backend) {

@@ -495,6 +495,17 @@ async fn webrtc_call_is_heard_answered_captioned_and_keeps_no_audio() {
         node.call(reqwest::Method::GET, "/admin/v1/conversations?channel=voice", &token, None).await;
     assert_eq!(status, 200, "{conversations}");
     assert_eq!(conversations["items"].as_array().unwrap().len(), 1, "{conversations}");
+    // Spoken messages show their place in the call and their language.
+    let conversation_id = conversations["items"][0]["id"].as_str().unwrap();
+    let (status, transcript) =
+        node.call(reqwest::Method::GET, &format!("/admin/v1/conversations/{conversation_id}"), &token, None).await;
+    assert_eq!(status, 200, "{transcript}");
+    let question = &transcript["messages"][0];
+    assert_eq!((&question["role"], &question["language"]), (&json!("user"), &json!("en")), "{transcript}");
+    let (start, end) = (question["speech_start_ms"].as_u64().unwrap(), question["speech_end_ms"].as_u64().unwrap());
+    let spoken_ms = speech.len() as u64 * 1000 / u64::from(rate);
+    // Times count the caller's audio as it arrived (this client sends none before it speaks).
+    assert!(end > start + spoken_ms / 2 && end <= start + spoken_ms + 2_000, "{question} for {spoken_ms} ms of speech");
 
     // No audio anywhere: no file but the database's was written during the call, and no file
     // of the data or temporary directory holds a container or a stretch of the caller's audio.

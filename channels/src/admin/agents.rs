@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use parley_runtime::agents::{
     self, Agent, AgentInput, AgentRetention, FusionRule, ModelChoice, ModelProvider, RetrievalSettings, StorageTier,
-    VoiceSettings, WidgetSettings,
+    VoiceProvider, VoiceSettings, WidgetSettings,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -167,6 +167,8 @@ impl From<RetrievalDto> for RetrievalSettings {
 pub struct VoiceDto {
     pub enabled: bool,
     pub speech_to_text_model: String,
+    /// The local voice (e.g. `en_US-joe-medium`): the agent's voice with provider `local`, the
+    /// fallback that takes over when a remote voice fails.
     pub voice: String,
     /// 1 to 1000.
     pub max_concurrent_calls: u32,
@@ -174,6 +176,24 @@ pub struct VoiceDto {
     pub end_of_turn_silence_ms: u32,
     /// Spoken at the start of every call.
     pub disclosure: String,
+    /// Who synthesises the agent's speech: `local` (default) or `openai`, an OpenAI-compatible
+    /// `POST {base_url}/audio/speech` reached with the tenant's `openai_compatible` provider key.
+    /// Without that key, or when the provider fails, the call speaks with the local `voice`.
+    pub provider: VoiceProviderDto,
+    /// Provider `openai` only (required there): the speech model, e.g. `tts-1`.
+    pub model: Option<String>,
+    /// Provider `openai` only (required there): the provider's voice name, e.g. `alloy`.
+    pub remote_voice: Option<String>,
+    /// Provider `openai` only (required there): the API base URL, e.g. `https://host/v1`.
+    pub base_url: Option<String>,
+}
+
+/// Who synthesises an agent's speech.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VoiceProviderDto {
+    Local,
+    Openai,
 }
 
 impl Default for VoiceDto {
@@ -191,6 +211,13 @@ impl From<VoiceSettings> for VoiceDto {
             max_concurrent_calls: value.max_concurrent_calls,
             end_of_turn_silence_ms: value.end_of_turn_silence_ms,
             disclosure: value.disclosure,
+            provider: match value.provider {
+                VoiceProvider::Local => VoiceProviderDto::Local,
+                VoiceProvider::Openai => VoiceProviderDto::Openai,
+            },
+            model: value.model,
+            remote_voice: value.remote_voice,
+            base_url: value.base_url,
         }
     }
 }
@@ -204,6 +231,13 @@ impl From<VoiceDto> for VoiceSettings {
             max_concurrent_calls: value.max_concurrent_calls,
             end_of_turn_silence_ms: value.end_of_turn_silence_ms,
             disclosure: value.disclosure,
+            provider: match value.provider {
+                VoiceProviderDto::Local => VoiceProvider::Local,
+                VoiceProviderDto::Openai => VoiceProvider::Openai,
+            },
+            model: value.model,
+            remote_voice: value.remote_voice,
+            base_url: value.base_url,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! `/admin/v1/conversations`: transcripts — every message with its role, text, time,
-//! citations, model and timings.
+//! citations, model and timings, and for spoken messages their place in the call and language.
 
 use axum::extract::{Path, State};
 use axum::Json;
@@ -68,6 +68,15 @@ pub struct MessageResponse {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub created_at: String,
+    /// Spoken messages (voice and phone calls): when the utterance started, in milliseconds from
+    /// the start of the call. Null for typed messages.
+    pub speech_start_ms: Option<u64>,
+    /// Spoken messages: when the utterance ended (for an answer, when its last played audio
+    /// ended), in milliseconds from the start of the call. Null for typed messages.
+    pub speech_end_ms: Option<u64>,
+    /// Spoken messages: the ISO 639-1 language, as transcribed (caller) or as spoken (agent).
+    /// Null for typed messages.
+    pub language: Option<String>,
 }
 
 impl From<StoredMessage> for MessageResponse {
@@ -85,6 +94,9 @@ impl From<StoredMessage> for MessageResponse {
             prompt_tokens: message.prompt_tokens,
             completion_tokens: message.completion_tokens,
             created_at: timestamp(message.created_at),
+            speech_start_ms: message.utterance.as_ref().map(|utterance| utterance.start_ms),
+            speech_end_ms: message.utterance.as_ref().map(|utterance| utterance.end_ms),
+            language: message.utterance.and_then(|utterance| utterance.language),
         }
     }
 }

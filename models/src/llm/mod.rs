@@ -123,7 +123,7 @@ pub trait LanguageModel: Send + Sync + fmt::Debug {
 
 pub mod anthropic;
 pub mod openai;
-mod remote;
+pub(crate) mod remote;
 
 #[cfg(feature = "candle")]
 pub mod gguf_tokenizer;

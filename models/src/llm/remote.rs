@@ -219,7 +219,7 @@ impl Remote {
     }
 
     /// `message` with the API key replaced, should a provider or library echo it.
-    fn redact(&self, message: String) -> String {
+    pub fn redact(&self, message: String) -> String {
         match &self.settings.api_key {
             Some(key) if key.len() >= 4 && message.contains(key.as_str()) => {
                 message.replace(key.as_str(), "[redacted]")
@@ -228,7 +228,7 @@ impl Remote {
         }
     }
 
-    fn unreachable(&self, reason: String) -> ModelError {
+    pub fn unreachable(&self, reason: String) -> ModelError {
         ModelError::Unreachable { provider: self.provider.clone(), reason: self.redact(reason) }
     }
 
@@ -576,7 +576,7 @@ fn truncate(text: &str, max_chars: usize) -> String {
 }
 
 /// An error with its sources ("error sending request: …: Connection refused").
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

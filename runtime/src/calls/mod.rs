@@ -10,6 +10,10 @@
 //! the turn engine → the answer split at sentence boundaries (`text`) → the agent's voice →
 //! the transport's rate → 20 ms frames sent in real time.
 //!
+//! The agent's voice is chosen when the call starts: the node's local voice, or the agent's
+//! remote OpenAI-compatible voice (the tenant's sealed key) with the local voice behind it, so a
+//! provider that is missing or failing never leaves the caller in silence.
+//!
 //! The agent's disclosure is spoken first in every call. Caller speech over the agent lowers
 //! its volume at once; once transcribed, a backchannel ("okay") restores it and anything else
 //! interrupts the agent (barge-in), and only what was played is stored as said. The agent's
@@ -30,14 +34,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use parley_models::stt::SpeechToText;
-use parley_models::tts::TextToSpeech;
+use parley_models::tts::openai::{OpenAiSpeech, SPEECH_TIMEOUT};
+use parley_models::tts::{FallbackVoice, TextToSpeech};
 use parley_models::vad::SileroVad;
+use parley_models::RemoteSettings;
 use tokio::sync::{mpsc, watch, Notify};
 use uuid::Uuid;
 
 pub use self::echo::EchoDetector;
 pub use self::text::{is_backchannel, repeats_agent, SentenceSplitter};
-use crate::agents::Agent;
+use crate::agents::{Agent, VoiceProvider};
 pub use crate::chat::conversations::Channel;
 use crate::chat::conversations::VoiceTimings;
 use crate::chat::session::{self, SessionRequest};
@@ -407,10 +413,11 @@ pub async fn start(runtime: &Runtime, public_id: &str, request: CallRequest) -> 
     let Some(engines) = runtime.calls().engines() else {
         return Err(Error::VoiceUnavailable("the speech models are not loaded".to_owned()));
     };
-    let voice =
+    let local_voice =
         engines.voice(&agent.voice.voice).ok_or_else(|| Error::VoiceUnavailable("no voice is loaded".to_owned()))?;
     let (call_id, hung_up) = runtime.calls().reserve(&agent)?;
     let slot = Slot { runtime: runtime.clone(), call_id };
+    let voice = agent_voice(runtime, &agent, local_voice).await;
     let session = session::start(runtime, &agent, request.channel, SessionRequest::default()).await?;
     let mut data = crate::webhooks::conversation_data(&session.conversation);
     data["call_id"] = serde_json::Value::String(call_id.to_string());
@@ -444,6 +451,56 @@ pub async fn start(runtime: &Runtime, public_id: &str, request: CallRequest) -> 
     };
     tokio::spawn(pipeline::run(context));
     Ok(Call { id: call_id, conversation_id, audio_in, events: receiver })
+}
+
+/// The voice a call with `agent` speaks with: the local voice, or the agent's remote voice with
+/// the local one behind it. A remote voice that cannot be set up (no provider key stored, a key
+/// that cannot be opened, a bad URL) is logged and the local voice speaks: a caller never gets
+/// silence because of a provider.
+async fn agent_voice(runtime: &Runtime, agent: &Agent, local: Arc<dyn TextToSpeech>) -> Arc<dyn TextToSpeech> {
+    match agent.voice.provider {
+        VoiceProvider::Local => local,
+        VoiceProvider::Openai => match remote_voice(runtime, agent).await {
+            Ok(remote) => Arc::new(FallbackVoice::new(remote, local)),
+            Err(reason) => {
+                tracing::warn!(
+                    agent_id = %agent.id,
+                    tenant_id = %agent.tenant_id,
+                    fallback = local.voice_id(),
+                    reason = %reason,
+                    "the agent's remote voice is unavailable; the call speaks with the local voice"
+                );
+                local
+            }
+        },
+    }
+}
+
+/// The agent's OpenAI-compatible voice with the tenant's sealed `openai_compatible` key.
+async fn remote_voice(runtime: &Runtime, agent: &Agent) -> std::result::Result<Arc<dyn TextToSpeech>, String> {
+    let settings = &agent.voice;
+    let (Some(model), Some(voice), Some(base_url)) = (&settings.model, &settings.remote_voice, &settings.base_url)
+    else {
+        return Err("the agent's voice names no model, voice or base URL".to_owned());
+    };
+    let key_name = crate::provider_keys::provider_name(crate::agents::ModelProvider::OpenaiCompatible)
+        .ok_or_else(|| "the OpenAI-compatible provider takes no key".to_owned())?;
+    let api_key = crate::provider_keys::plaintext(runtime, agent.tenant_id, key_name)
+        .await
+        .map_err(|error| format!("the tenant's {key_name} key cannot be read: {error}"))?
+        .ok_or_else(|| format!("no {key_name} provider key is stored for this tenant"))?;
+    let models = &runtime.settings().models;
+    let remote = RemoteSettings {
+        base_url: base_url.clone(),
+        api_key: Some(api_key),
+        connect_timeout: Duration::from_secs(models.remote_connect_timeout_seconds),
+        read_timeout: Duration::from_secs(models.remote_read_timeout_seconds).min(SPEECH_TIMEOUT),
+        // A caller is waiting: one quick retry, then the local voice.
+        max_retries: 1,
+        initial_backoff: Duration::from_millis(200),
+    };
+    let speech = OpenAiSpeech::new(remote, model, voice).map_err(|error| error.to_string())?;
+    Ok(Arc::new(speech))
 }
 
 /// Hangs up the call `call_id` (its pipeline ends with `Ended(HungUp)`); false if no such
