@@ -27,6 +27,7 @@ pub mod lock;
 pub mod page;
 pub mod provider_keys;
 pub mod rate_limit;
+pub mod recordings;
 pub mod redact;
 pub mod retention;
 pub mod secrets;

@@ -23,7 +23,8 @@ both_backends!(
     erasure_racing_an_answer_being_written,
     fine_tuning_needs_the_opt_in_and_is_redacted,
     bad_requests_and_tenant_erasure,
-    expired_archives_are_deleted
+    expired_archives_are_deleted,
+    recorded_calls_are_listed_in_exports_and_go_with_every_erasure
 );
 
 async fn expired_archives_are_deleted(backend: Backend) {
@@ -647,5 +648,75 @@ async fn the_export_command_downloads_a_checked_archive() {
         .unwrap();
     assert!(String::from_utf8_lossy(&result.stderr).contains("model_improvement_off"), "{result:?}");
     assert!(!missing.exists());
+    server.stop().await;
+}
+
+/// Rows of `call_recordings` a tenant has, by SQL.
+async fn recording_rows(server: &TestServer, tenant_id: &str) -> i64 {
+    use sqlx::Row;
+    sqlx::query("SELECT COUNT(*) AS n FROM call_recordings WHERE tenant_id = $1")
+        .bind(tenant_id)
+        .fetch_one(server.runtime.database().pool())
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap()
+}
+
+/// A tenant export lists recorded calls (the audio itself stays sealed in the database); an
+/// erasure of a conversation, an end user, an agent or the tenant removes their recordings.
+async fn recorded_calls_are_listed_in_exports_and_go_with_every_erasure(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let (tenant_id, owner) = server.tenant("Recorded").await;
+    let first = server.agent(&owner, "First").await;
+    let second = server.agent(&owner, "Second").await;
+    let by_conversation = chat(&server, &first, "visitor-recorded-01", &["hello"]).await;
+    let by_visitor = chat(&server, &first, "visitor-recorded-02", &["hello"]).await;
+    let by_agent = chat(&server, &second, "visitor-recorded-03", &["hello"]).await;
+    let audio = vec![1_234_i16; 32_000];
+    for conversation in [&by_conversation, &by_visitor, &by_agent] {
+        crate::matrix::seed_recording(&server, &tenant_id, conversation, &audio).await;
+    }
+    assert_eq!(recording_rows(&server, &tenant_id).await, 3);
+
+    let job = export(&server, &owner, json!({ "scope": "tenant" })).await;
+    let files = download(&server, &owner, &job).await;
+    check_archive(&files);
+    let listed: Vec<Value> = records(&files, "recordings.ndjson");
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let entry = listed.iter().find(|entry| entry["conversation_id"] == by_conversation.as_str()).unwrap();
+    assert_eq!(
+        *entry,
+        json!({
+            "conversation_id": by_conversation,
+            "segments": 1,
+            "duration_ms": 1000,
+            "sample_rate": 16000,
+            "channels": 2,
+            "download_path": format!("/admin/v1/conversations/{by_conversation}/recording"),
+        })
+    );
+    assert!(!files.keys().any(|name| name.ends_with(".wav")), "no audio is copied into an archive");
+
+    for (subject, conversation, left) in [
+        (json!({ "conversation_id": by_conversation }), &by_conversation, 2),
+        (json!({ "visitor_id": "visitor-recorded-02" }), &by_visitor, 1),
+        (json!({ "agent_id": second["id"] }), &by_agent, 0),
+    ] {
+        let (status, receipt) = server.post("/admin/v1/erasures", &owner, json!({ "subject": subject })).await;
+        assert_eq!(status, 200, "{receipt}");
+        assert_eq!(receipt["counts"]["recording_segments"], 1, "{subject}: {receipt}");
+        let (status, _) = server.get(&format!("/admin/v1/conversations/{conversation}/recording"), &owner).await;
+        assert_eq!(status, 404);
+        assert_eq!(recording_rows(&server, &tenant_id).await, left, "{subject}");
+    }
+
+    // A tenant erasure takes every recording of the tenant.
+    let kept = chat(&server, &first, "visitor-recorded-04", &["hello"]).await;
+    crate::matrix::seed_recording(&server, &tenant_id, &kept, &audio).await;
+    let (status, receipt) = server.post("/admin/v1/erasures", &owner, json!({ "subject": { "tenant": true } })).await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(receipt["counts"]["recording_segments"], 1, "{receipt}");
+    assert_eq!(recording_rows(&server, &tenant_id).await, 0);
     server.stop().await;
 }

@@ -1,9 +1,12 @@
 //! `/admin/v1/conversations`: transcripts — every message with its role, text, time,
-//! citations, model and timings.
+//! citations, model and timings — and recorded calls as WAV files.
 
 use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use parley_runtime::chat::conversations::{self, Channel, Conversation, ConversationFilter, StoredMessage};
+use parley_runtime::recordings;
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -165,4 +168,31 @@ pub async fn get(
         conversation: conversation.into(),
         messages: messages.into_iter().map(MessageResponse::from).collect(),
     }))
+}
+
+/// A call's recording as one WAV file: 16-bit PCM at 16 kHz, left channel the caller, right
+/// channel the agent as the caller heard it. Only calls with agents that record audio
+/// (`retention.record_audio`) have one, kept for the agent's (else the tenant's) `audio_days`.
+/// Every read is recorded in the audit log.
+#[utoipa::path(get, path = "/admin/v1/conversations/{conversation_id}/recording", tag = "conversations",
+    params(("conversation_id" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, description = "The recording (RIFF WAVE, 16 kHz stereo)", content_type = "audio/wav"),
+        (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+pub async fn recording(
+    State(state): State<AppState>,
+    TenantKey(principal): TenantKey,
+    Path(conversation_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let conversation_id = parse_id(&conversation_id, "conversation")?;
+    let wav = recordings::wav(&state.runtime, &principal, conversation_id).await?;
+    let mut response = wav.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("audio/wav"));
+    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    if let Ok(value) =
+        header::HeaderValue::from_str(&format!("attachment; filename=\"parley-call-{conversation_id}.wav\""))
+    {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
 }

@@ -1,0 +1,441 @@
+//! Recorded call audio, for agents that opt in (`retention.record_audio`; off by default).
+//!
+//! Owns: the `Recorder` a call's pipeline feeds (the caller's audio as it reaches the VAD and
+//! the agent's audio as played, both at 16 kHz) — one stereo track, left the caller and right
+//! the agent, aligned on the call's clock, sealed in segments of [`SEGMENT_SECONDS`] with
+//! AES-256-GCM (purpose [`PURPOSE`], the associated data binding tenant, conversation and
+//! segment number) and stored as it goes, so a long call holds at most a segment or two in
+//! memory; reading a recording back as one WAV file (audited); and sealing segments again
+//! after a key rotation.
+//!
+//! Must not touch: HTTP, or logs of anything recorded. Audio is never written anywhere else: no
+//! temporary files, nothing in the clear. A storage error while recording is logged (without
+//! content) and the call goes on.
+
+use std::collections::VecDeque;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::audit::{self, AuditRecord};
+use crate::auth::{Permission, Principal};
+use crate::error::{Error, Result};
+use crate::storage::recordings::{self, StoredSegment};
+use crate::{storage, Runtime};
+
+/// The purpose recorded audio is sealed for.
+pub const PURPOSE: &str = "call_recording";
+/// The recording's sample rate.
+pub const SAMPLE_RATE: u32 = 16_000;
+/// Left the caller, right the agent.
+pub const CHANNELS: u16 = 2;
+/// Call time per sealed segment.
+pub const SEGMENT_SECONDS: u32 = 10;
+const SEGMENT_FRAMES: usize = (SAMPLE_RATE * SEGMENT_SECONDS) as usize;
+/// How far one side may run ahead of the other before the other is taken as silent (a
+/// transport that stopped sending the caller's audio), in samples: bounds what is held.
+const MAX_LEAD: usize = SAMPLE_RATE as usize;
+/// Segments waiting to be stored; a recorder whose storage falls further behind drops
+/// segments (and logs it) rather than hold more audio.
+const WRITE_QUEUE: usize = 3;
+/// Segments read per query when a recording is joined.
+const READ_PAGE: i64 = 8;
+
+/// The associated data of a segment: it opens only as this segment of this conversation.
+#[must_use]
+pub fn context(tenant_id: Uuid, conversation_id: Uuid, segment: u32) -> String {
+    format!("{tenant_id}/{conversation_id}/{segment}")
+}
+
+/// Records one call: fed both sides' 16 kHz audio while the call runs, then `finish`ed.
+pub(crate) struct Recorder {
+    call_id: Uuid,
+    track: Track,
+    writes: mpsc::Sender<Pending>,
+    writer: JoinHandle<()>,
+}
+
+impl Recorder {
+    /// A recorder for the call `call_id` in `conversation_id`; segments are stored by a task
+    /// of their own.
+    pub(crate) fn new(runtime: Runtime, call_id: Uuid, tenant_id: Uuid, conversation_id: Uuid) -> Self {
+        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        let writer = tokio::spawn(store_segments(runtime, call_id, tenant_id, conversation_id, queue));
+        Self { call_id, track: Track::default(), writes, writer }
+    }
+
+    /// The caller's audio, 16 kHz mono in [-1, 1], as the VAD gets it.
+    pub(crate) fn caller(&mut self, samples: &[f32]) {
+        let segments = self.track.caller(samples);
+        self.send(segments);
+    }
+
+    /// The agent's audio as played, 16 kHz mono in [-1, 1] (silence included).
+    pub(crate) fn agent(&mut self, samples: &[f32]) {
+        let segments = self.track.agent(samples);
+        self.send(segments);
+    }
+
+    fn send(&self, segments: Vec<Pending>) {
+        for segment in segments {
+            if self.writes.try_send(segment).is_err() {
+                tracing::error!(
+                    call_id = %self.call_id,
+                    "call recording: storage is behind, a segment of the recording was dropped"
+                );
+            }
+        }
+    }
+
+    /// The call is over: what is held (the shorter side padded with silence) is sealed and
+    /// stored, and this returns once every segment is stored.
+    pub(crate) async fn finish(mut self) {
+        let segments = self.track.finish();
+        self.send(segments);
+        let Recorder { writes, writer, call_id, .. } = self;
+        drop(writes);
+        if let Err(error) = writer.await {
+            tracing::error!(%call_id, error = %error, "call recording: the storing task failed");
+        }
+    }
+}
+
+/// A segment on its way to storage.
+#[derive(Debug, PartialEq)]
+struct Pending {
+    number: u32,
+    start_frame: u64,
+    /// Interleaved (caller, agent).
+    samples: Vec<i16>,
+}
+
+/// Both sides of a call joined into one stereo track, cut into segments.
+#[derive(Default)]
+struct Track {
+    caller: VecDeque<i16>,
+    agent: VecDeque<i16>,
+    /// The current segment, interleaved (caller, agent).
+    segment: Vec<i16>,
+    number: u32,
+    /// Frames in the segments already cut.
+    frames_before: u64,
+}
+
+impl Track {
+    fn caller(&mut self, samples: &[f32]) -> Vec<Pending> {
+        self.caller.extend(samples.iter().copied().map(to_i16));
+        self.interleave()
+    }
+
+    fn agent(&mut self, samples: &[f32]) -> Vec<Pending> {
+        self.agent.extend(samples.iter().copied().map(to_i16));
+        self.interleave()
+    }
+
+    /// Pairs up what both sides have; returns the segments completed.
+    fn interleave(&mut self) -> Vec<Pending> {
+        // A side that stopped arriving is silent, so the other one never piles up.
+        let (caller, agent) = (self.caller.len(), self.agent.len());
+        if caller > agent + MAX_LEAD {
+            self.agent.extend(std::iter::repeat_n(0, caller - agent - MAX_LEAD));
+        } else if agent > caller + MAX_LEAD {
+            self.caller.extend(std::iter::repeat_n(0, agent - caller - MAX_LEAD));
+        }
+        let mut completed = Vec::new();
+        while let (Some(caller), Some(agent)) = (self.caller.pop_front(), self.agent.pop_front()) {
+            if self.segment.capacity() == 0 {
+                self.segment.reserve_exact(SEGMENT_FRAMES * 2);
+            }
+            self.segment.push(caller);
+            self.segment.push(agent);
+            if self.segment.len() >= SEGMENT_FRAMES * 2 {
+                completed.extend(self.cut());
+            }
+        }
+        completed
+    }
+
+    /// The current segment, ready to store.
+    fn cut(&mut self) -> Option<Pending> {
+        if self.segment.is_empty() {
+            return None;
+        }
+        let samples = std::mem::take(&mut self.segment);
+        let pending = Pending { number: self.number, start_frame: self.frames_before, samples };
+        self.number += 1;
+        self.frames_before += (pending.samples.len() / 2) as u64;
+        Some(pending)
+    }
+
+    /// Everything held, the shorter side padded with silence.
+    fn finish(&mut self) -> Vec<Pending> {
+        let (caller, agent) = (self.caller.len(), self.agent.len());
+        self.caller.extend(std::iter::repeat_n(0, agent.saturating_sub(caller)));
+        self.agent.extend(std::iter::repeat_n(0, caller.saturating_sub(agent)));
+        let mut segments = self.interleave();
+        segments.extend(self.cut());
+        segments
+    }
+}
+
+fn to_i16(sample: f32) -> i16 {
+    (sample.clamp(-1.0, 1.0) * 32767.0).round() as i16
+}
+
+/// Seals and stores the segments a recorder sends, in order.
+async fn store_segments(
+    runtime: Runtime,
+    call_id: Uuid,
+    tenant_id: Uuid,
+    conversation_id: Uuid,
+    mut queue: mpsc::Receiver<Pending>,
+) {
+    while let Some(pending) = queue.recv().await {
+        let stored =
+            store_segment(&runtime, tenant_id, conversation_id, pending.number, pending.start_frame, &pending.samples)
+                .await;
+        if let Err(error) = stored {
+            tracing::error!(
+                %call_id,
+                segment = pending.number,
+                code = error.code(),
+                error = %error,
+                "call recording: a segment could not be stored"
+            );
+        }
+    }
+}
+
+/// Seals and stores segment `number` of a conversation's recording: `samples` interleaved
+/// 16 kHz stereo (caller, agent), starting `start_frame` frames into the call.
+pub async fn store_segment(
+    runtime: &Runtime,
+    tenant_id: Uuid,
+    conversation_id: Uuid,
+    number: u32,
+    start_frame: u64,
+    samples: &[i16],
+) -> Result<()> {
+    let mut bytes = Vec::with_capacity(samples.len() * 2);
+    for sample in samples {
+        bytes.extend_from_slice(&sample.to_le_bytes());
+    }
+    let secrets = runtime.secrets();
+    let sealed_audio = secrets.seal_bytes(PURPOSE, &context(tenant_id, conversation_id, number), &bytes);
+    drop(bytes);
+    let segment = StoredSegment {
+        tenant_id,
+        conversation_id,
+        segment: number,
+        start_ms: start_frame * 1000 / u64::from(SAMPLE_RATE),
+        sample_rate: SAMPLE_RATE,
+        channels: CHANNELS,
+        frames: (samples.len() / usize::from(CHANNELS)) as u64,
+        key_id: secrets.key_id().to_owned(),
+        sealed_audio,
+        created_at: storage::now_millis(),
+    };
+    let mut connection = runtime.database().pool().acquire().await?;
+    recordings::insert(&mut connection, &segment).await
+}
+
+/// A conversation's recording as one WAV file (16-bit PCM, 16 kHz, left the caller, right
+/// the agent). A segment that is missing (it could not be stored) is silence, so both sides
+/// stay aligned. The read is audited.
+pub async fn wav(runtime: &Runtime, principal: &Principal, conversation_id: Uuid) -> Result<Vec<u8>> {
+    principal.require(Permission::ReadConversations)?;
+    let tenant_id = principal.tenant_id;
+    let secrets = runtime.secrets();
+    let mut connection = runtime.database().pool().acquire().await?;
+    let mut samples: Vec<u8> = Vec::new();
+    let mut frames: u64 = 0;
+    let mut segments: u64 = 0;
+    let mut after = None;
+    loop {
+        let page = recordings::segments(&mut connection, tenant_id, conversation_id, after, READ_PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.segment);
+        for segment in page {
+            if segment.sample_rate != SAMPLE_RATE || segment.channels != CHANNELS {
+                return Err(Error::Corrupt(format!("call_recordings: segment {} has another format", segment.segment)));
+            }
+            let audio = secrets.open_bytes(
+                PURPOSE,
+                &context(tenant_id, conversation_id, segment.segment),
+                &segment.sealed_audio,
+            )?;
+            let start_frame = segment.start_ms * u64::from(SAMPLE_RATE) / 1000;
+            if start_frame > frames {
+                let gap = usize::try_from(start_frame - frames).unwrap_or(0) * usize::from(CHANNELS) * 2;
+                samples.resize(samples.len() + gap, 0);
+                frames = start_frame;
+            }
+            frames += (audio.len() / (usize::from(CHANNELS) * 2)) as u64;
+            samples.extend_from_slice(&audio);
+            segments += 1;
+        }
+    }
+    if segments == 0 {
+        return Err(Error::NotFound { resource: "recording" });
+    }
+    let mut transaction = runtime.database().begin().await?;
+    let record =
+        AuditRecord::by_key(principal, "conversation.recording.read", "conversation", conversation_id.to_string())
+            .with_details(
+                serde_json::json!({ "segments": segments, "duration_ms": frames * 1000 / u64::from(SAMPLE_RATE) }),
+            );
+    audit::record(&mut transaction, record).await?;
+    transaction.commit().await?;
+    Ok(wav_file(&samples, SAMPLE_RATE, CHANNELS))
+}
+
+/// A RIFF WAVE file of 16-bit little-endian PCM `data`.
+#[must_use]
+pub fn wav_file(data: &[u8], sample_rate: u32, channels: u16) -> Vec<u8> {
+    let data_len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    let block_align = channels * 2;
+    let mut file = Vec::with_capacity(44 + data.len());
+    file.extend_from_slice(b"RIFF");
+    file.extend_from_slice(&data_len.saturating_add(36).to_le_bytes());
+    file.extend_from_slice(b"WAVEfmt ");
+    file.extend_from_slice(&16u32.to_le_bytes());
+    file.extend_from_slice(&1u16.to_le_bytes());
+    file.extend_from_slice(&channels.to_le_bytes());
+    file.extend_from_slice(&sample_rate.to_le_bytes());
+    file.extend_from_slice(&(sample_rate * u32::from(block_align)).to_le_bytes());
+    file.extend_from_slice(&block_align.to_le_bytes());
+    file.extend_from_slice(&16u16.to_le_bytes());
+    file.extend_from_slice(b"data");
+    file.extend_from_slice(&data_len.to_le_bytes());
+    file.extend_from_slice(data);
+    file
+}
+
+/// Seals every segment not under the current key again; returns (resealed, unreadable) and
+/// adds per-tenant counts.
+pub(crate) async fn reseal(
+    runtime: &Runtime,
+    per_tenant: &mut std::collections::BTreeMap<Uuid, u64>,
+) -> Result<(u64, u64)> {
+    let secrets = runtime.secrets();
+    let (mut resealed, mut unreadable) = (0, 0);
+    let mut after = None;
+    loop {
+        let mut connection = runtime.database().pool().acquire().await?;
+        let page = recordings::stale(&mut connection, secrets.key_id(), after, READ_PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.conversation_id, last.segment));
+        for segment in &page {
+            let context = context(segment.tenant_id, segment.conversation_id, segment.segment);
+            let audio = match secrets.open_bytes(PURPOSE, &context, &segment.sealed_audio) {
+                Ok(audio) => audio,
+                Err(error) => {
+                    tracing::warn!(tenant_id = %segment.tenant_id, %error, "a recording segment opens under no key");
+                    unreadable += 1;
+                    continue;
+                }
+            };
+            let again = secrets.seal_bytes(PURPOSE, &context, &audio);
+            if recordings::replace(&mut connection, segment, secrets.key_id(), again).await? {
+                resealed += 1;
+                *per_tenant.entry(segment.tenant_id).or_default() += 1;
+            }
+        }
+    }
+    Ok((resealed, unreadable))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level(value: i16) -> f32 {
+        f32::from(value) / 32767.0
+    }
+
+    #[test]
+    fn both_sides_are_interleaved_in_step_caller_left() {
+        let mut track = Track::default();
+        assert!(track.caller(&[level(1), level(2), level(3)]).is_empty());
+        assert!(track.agent(&[level(-1), level(-2)]).is_empty());
+        assert!(track.agent(&[level(-3), level(-4)]).is_empty());
+        let segments = track.finish();
+        assert_eq!(segments, vec![Pending { number: 0, start_frame: 0, samples: vec![1, -1, 2, -2, 3, -3, 0, -4] }]);
+        assert!(track.finish().is_empty(), "nothing is left");
+    }
+
+    #[test]
+    fn segments_are_cut_every_ten_seconds_and_numbered_with_their_start() {
+        let mut track = Track::default();
+        let second = vec![0.25f32; SAMPLE_RATE as usize];
+        let mut segments = Vec::new();
+        for _ in 0..25 {
+            segments.extend(track.agent(&second));
+            segments.extend(track.caller(&second));
+        }
+        assert_eq!(segments.len(), 2);
+        segments.extend(track.finish());
+        let summary: Vec<(u32, u64, usize)> =
+            segments.iter().map(|segment| (segment.number, segment.start_frame, segment.samples.len() / 2)).collect();
+        assert_eq!(
+            summary,
+            [
+                (0, 0, SEGMENT_FRAMES),
+                (1, SEGMENT_FRAMES as u64, SEGMENT_FRAMES),
+                (2, 2 * SEGMENT_FRAMES as u64, SEGMENT_FRAMES / 2)
+            ]
+        );
+        assert!(segments.iter().all(|segment| segment.samples.iter().all(|sample| *sample == to_i16(0.25))));
+    }
+
+    #[test]
+    fn a_side_that_stops_arriving_is_silence_and_memory_stays_bounded() {
+        let mut track = Track::default();
+        // The agent's clock runs while the transport sends nothing of the caller for 30 s.
+        let frame = vec![0.5f32; 320];
+        let mut segments = Vec::new();
+        for _ in 0..1_500 {
+            segments.extend(track.agent(&frame));
+            assert!(track.agent.len() <= MAX_LEAD + 320, "held {}", track.agent.len());
+        }
+        assert_eq!(segments.len(), 2, "the agent's 30 s went on being recorded");
+        assert!(segments[0].samples.chunks(2).all(|pair| pair == [0, to_i16(0.5)]));
+        // When the caller comes back, their audio follows the silence in step.
+        segments.extend(track.caller(&[level(9); 10]));
+        segments.extend(track.finish());
+        let frames: usize = segments.iter().map(|segment| segment.samples.len() / 2).sum();
+        assert_eq!(frames, 1_500 * 320);
+        let last = segments.last().unwrap();
+        let tail = &last.samples[last.samples.len() - 2 * MAX_LEAD..];
+        assert_eq!(&tail[..20], [9, to_i16(0.5)].repeat(10).as_slice());
+    }
+
+    #[test]
+    fn samples_are_clamped_into_sixteen_bits() {
+        assert_eq!(to_i16(2.0), 32767);
+        assert_eq!(to_i16(-2.0), -32767);
+        assert_eq!(to_i16(0.0), 0);
+    }
+
+    #[test]
+    fn a_wav_file_has_the_riff_layout() {
+        let file = wav_file(&[1, 0, 2, 0, 3, 0, 4, 0], SAMPLE_RATE, CHANNELS);
+        assert_eq!(file.len(), 44 + 8);
+        assert_eq!(&file[..4], b"RIFF");
+        assert_eq!(u32::from_le_bytes(file[4..8].try_into().unwrap()), 36 + 8);
+        assert_eq!(&file[8..16], b"WAVEfmt ");
+        assert_eq!(u16::from_le_bytes([file[22], file[23]]), 2);
+        assert_eq!(u32::from_le_bytes(file[24..28].try_into().unwrap()), 16_000);
+        assert_eq!(u32::from_le_bytes(file[28..32].try_into().unwrap()), 64_000, "bytes per second");
+        assert_eq!(&file[36..40], b"data");
+        assert_eq!(u32::from_le_bytes(file[40..44].try_into().unwrap()), 8);
+    }
+
+    #[test]
+    fn a_segment_opens_only_in_its_own_place() {
+        let (tenant, conversation) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_ne!(context(tenant, conversation, 0), context(tenant, conversation, 1));
+        assert_ne!(context(tenant, conversation, 0), context(Uuid::now_v7(), conversation, 0));
+    }
+}
