@@ -143,7 +143,8 @@ impl Track {
             self.caller.extend(std::iter::repeat_n(0, agent - caller - MAX_LEAD));
         }
         let mut completed = Vec::new();
-        while let (Some(caller), Some(agent)) = (self.caller.pop_front(), self.agent.pop_front()) {
+        while !self.caller.is_empty() && !self.agent.is_empty() {
+            let (Some(caller), Some(agent)) = (self.caller.pop_front(), self.agent.pop_front()) else { break };
             if self.segment.capacity() == 0 {
                 self.segment.reserve_exact(SEGMENT_FRAMES * 2);
             }

@@ -269,8 +269,8 @@ async fn serves_https_with_configured_certificate() {
 /// A TURN credential sealed with `parley secrets seal-turn-credential` opens on the node that
 /// sealed it; another node's key refuses to start, naming the setting; a credential in the clear
 /// works with a warning recommending sealing.
-#[test]
-fn turn_credentials_are_sealed_for_the_settings_and_opened_at_start_up() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_credentials_are_sealed_for_the_settings_and_opened_at_start_up() {
     use std::io::Write;
     let data_dir = tempfile::tempdir().unwrap();
     let other_dir = tempfile::tempdir().unwrap();
@@ -333,6 +333,8 @@ fn turn_credentials_are_sealed_for_the_settings_and_opened_at_start_up() {
     let mut node = Node::start(|command| {
         command.arg("--config").arg(&sealed_settings).arg("--data-dir").arg(data_dir.path());
     });
-    node.base_url();
+    let base = node.base_url();
+    let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
     node.terminate();
 }
