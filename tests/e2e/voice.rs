@@ -941,8 +941,19 @@ async fn a_recorded_call_comes_back_as_wav_and_is_sealed_on_disk() {
     assert!(audit.to_string().contains("conversation.recording.read"), "{audit}");
 
     // Nothing of it in the clear on disk: no container, no stretch of either channel.
-    let mut clips = loud_probes(&left[16_000 * 6..]);
+    let mut clips = loud_probes(asked);
     clips.extend(loud_probes(&right[..16_000 * 7]));
+    clips.retain(|clip| {
+        let samples: Vec<i16> = clip.chunks_exact(2).map(|pair| i16::from_le_bytes([pair[0], pair[1]])).collect();
+        rms(&samples) > 1_000.0
+    });
+    assert!(clips.len() >= 4, "loud stretches of both sides to look for: {}", clips.len());
+    // And as the track holds them: both channels interleaved, around the loudest moments.
+    for range in [16_000 * 6..left.len().min(16_000 * 8 + speech_samples), 0..16_000 * 7] {
+        let loudest = range.clone().max_by_key(|index| left[*index].unsigned_abs().max(right[*index].unsigned_abs()));
+        let at = loudest.unwrap().clamp(range.start + 8, range.end - 8);
+        clips.push(pcm_bytes(&samples[2 * (at - 8)..2 * (at + 8)]));
+    }
     for root in [node.data_dir.path(), node.temp_dir.path()] {
         for path in snapshot(root).keys() {
             let bytes = std::fs::read(path).unwrap_or_default();
