@@ -651,12 +651,12 @@ async fn write_archive_files(
             messages.write(&message_record(&message))?;
             progress.messages += 1;
         }
-        if let Some((segments, frames)) =
-            storage::recordings::summary(&mut connection, tenant_id, conversation_id).await?
-        {
+        let layout = storage::recordings::layout(&mut connection, tenant_id, conversation_id).await?;
+        if !layout.is_empty() {
+            let frames = crate::recordings::total_frames(&layout);
             recordings.write(&json!({
                 "conversation_id": conversation_id,
-                "segments": segments,
+                "segments": layout.len(),
                 "duration_ms": frames * 1000 / u64::from(crate::recordings::SAMPLE_RATE),
                 "sample_rate": crate::recordings::SAMPLE_RATE,
                 "channels": crate::recordings::CHANNELS,

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::audit::{self, AuditRecord};
 use crate::auth::{Permission, Principal};
 use crate::error::{Error, Result};
-use crate::storage::recordings::{self, StoredSegment};
+use crate::storage::recordings::{self, SegmentLayout, StoredSegment};
 use crate::{storage, Runtime};
 
 /// The purpose recorded audio is sealed for.
@@ -39,7 +39,7 @@ const MAX_LEAD: usize = SAMPLE_RATE as usize;
 /// Segments waiting to be stored; a recorder whose storage falls further behind drops
 /// segments (and logs it) rather than hold more audio.
 const WRITE_QUEUE: usize = 3;
-/// Segments read per query when a recording is joined.
+/// Segments read per query while sealing again after a key rotation.
 const READ_PAGE: i64 = 8;
 
 /// The associated data of a segment: it opens only as this segment of this conversation.
@@ -241,76 +241,153 @@ pub async fn store_segment(
     recordings::insert(&mut connection, &segment).await
 }
 
-/// A conversation's recording as one WAV file (16-bit PCM, 16 kHz, left the caller, right
-/// the agent). A segment that is missing (it could not be stored) is silence, so both sides
-/// stay aligned. The read is audited.
-pub async fn wav(runtime: &Runtime, principal: &Principal, conversation_id: Uuid) -> Result<Vec<u8>> {
-    principal.require(Permission::ReadConversations)?;
-    let tenant_id = principal.tenant_id;
-    let secrets = runtime.secrets();
-    let mut connection = runtime.database().pool().acquire().await?;
-    let mut samples: Vec<u8> = Vec::new();
-    let mut frames: u64 = 0;
-    let mut segments: u64 = 0;
-    let mut after = None;
-    loop {
-        let page = recordings::segments(&mut connection, tenant_id, conversation_id, after, READ_PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.segment);
-        for segment in page {
-            if segment.sample_rate != SAMPLE_RATE || segment.channels != CHANNELS {
-                return Err(Error::Corrupt(format!("call_recordings: segment {} has another format", segment.segment)));
-            }
-            let audio = secrets.open_bytes(
-                PURPOSE,
-                &context(tenant_id, conversation_id, segment.segment),
-                &segment.sealed_audio,
-            )?;
-            let start_frame = segment.start_ms * u64::from(SAMPLE_RATE) / 1000;
-            if start_frame > frames {
-                let gap = usize::try_from(start_frame - frames).unwrap_or(0) * usize::from(CHANNELS) * 2;
-                samples.resize(samples.len() + gap, 0);
-                frames = start_frame;
-            }
-            frames += (audio.len() / (usize::from(CHANNELS) * 2)) as u64;
-            samples.extend_from_slice(&audio);
-            segments += 1;
-        }
-    }
-    if segments == 0 {
-        return Err(Error::NotFound { resource: "recording" });
-    }
-    let mut transaction = runtime.database().begin().await?;
-    let record =
-        AuditRecord::by_key(principal, "conversation.recording.read", "conversation", conversation_id.to_string())
-            .with_details(
-                serde_json::json!({ "segments": segments, "duration_ms": frames * 1000 / u64::from(SAMPLE_RATE) }),
-            );
-    audit::record(&mut transaction, record).await?;
-    transaction.commit().await?;
-    Ok(wav_file(&samples, SAMPLE_RATE, CHANNELS))
+/// A conversation's recording being read as one WAV file (16-bit PCM, 16 kHz, left the
+/// caller, right the agent), a segment at a time: memory holds one segment (about 640 kB)
+/// whatever the call's length. A segment that is missing (it could not be stored) is silence,
+/// so both sides stay aligned.
+#[derive(Debug)]
+pub struct RecordingReader {
+    runtime: Runtime,
+    tenant_id: Uuid,
+    conversation_id: Uuid,
+    header: Option<Vec<u8>>,
+    layout: VecDeque<SegmentLayout>,
+    /// Frames produced so far (gaps included).
+    frames: u64,
+    total_frames: u64,
 }
 
-/// A RIFF WAVE file of 16-bit little-endian PCM `data`.
+impl RecordingReader {
+    /// The size of the whole WAV file, in bytes.
+    #[must_use]
+    pub fn byte_len(&self) -> u64 {
+        WAV_HEADER_LEN as u64 + self.total_frames * FRAME_BYTES
+    }
+
+    /// The next piece of the file (the header first, then one segment at a time); `None` at
+    /// the end.
+    ///
+    /// # Errors
+    ///
+    /// A segment deleted meanwhile (retention, erasure) or one that does not open.
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
+        if let Some(header) = self.header.take() {
+            return Ok(Some(header));
+        }
+        let Some(next) = self.layout.pop_front() else {
+            return Ok(None);
+        };
+        let segment = {
+            let mut connection = self.runtime.database().pool().acquire().await?;
+            let after = next.segment.checked_sub(1);
+            recordings::segments(&mut connection, self.tenant_id, self.conversation_id, after, 1).await?
+        };
+        let Some(segment) = segment.into_iter().find(|segment| segment.segment == next.segment) else {
+            return Err(Error::NotFound { resource: "recording" });
+        };
+        let context = context(self.tenant_id, self.conversation_id, segment.segment);
+        let audio = self.runtime.secrets().open_bytes(PURPOSE, &context, &segment.sealed_audio)?;
+        if audio.len() as u64 != next.frames * FRAME_BYTES {
+            return Err(Error::Corrupt(format!("call_recordings: segment {} has the wrong length", next.segment)));
+        }
+        let start_frame = next.start_ms * u64::from(SAMPLE_RATE) / 1000;
+        let gap = start_frame.saturating_sub(self.frames);
+        let mut chunk = vec![0u8; usize::try_from(gap * FRAME_BYTES).unwrap_or(0)];
+        chunk.extend_from_slice(&audio);
+        self.frames += gap + next.frames;
+        Ok(Some(chunk))
+    }
+}
+
+/// Bytes per stereo 16-bit frame.
+const FRAME_BYTES: u64 = CHANNELS as u64 * 2;
+const WAV_HEADER_LEN: usize = 44;
+
+/// How many frames a recording's file holds: up to the end of its last segment.
+pub(crate) fn total_frames(layout: &[SegmentLayout]) -> u64 {
+    layout
+        .iter()
+        .map(|segment| segment.start_ms * u64::from(SAMPLE_RATE) / 1000 + segment.frames)
+        .max()
+        .unwrap_or_default()
+}
+
+/// Opens a conversation's recording for reading; the read is audited.
+///
+/// # Errors
+///
+/// `NotFound` when the conversation (of the caller's tenant) has no recording.
+pub async fn open(runtime: &Runtime, principal: &Principal, conversation_id: Uuid) -> Result<RecordingReader> {
+    principal.require(Permission::ReadConversations)?;
+    let tenant_id = principal.tenant_id;
+    let layout = {
+        let mut connection = runtime.database().pool().acquire().await?;
+        recordings::layout(&mut connection, tenant_id, conversation_id).await?
+    };
+    if layout.is_empty() {
+        return Err(Error::NotFound { resource: "recording" });
+    }
+    if let Some(other) =
+        layout.iter().find(|segment| segment.sample_rate != SAMPLE_RATE || segment.channels != CHANNELS)
+    {
+        return Err(Error::Corrupt(format!("call_recordings: segment {} has another format", other.segment)));
+    }
+    let total_frames = total_frames(&layout);
+    let mut transaction = runtime.database().begin().await?;
+    let details = serde_json::json!({
+        "segments": layout.len(),
+        "duration_ms": total_frames * 1000 / u64::from(SAMPLE_RATE),
+    });
+    let record =
+        AuditRecord::by_key(principal, "conversation.recording.read", "conversation", conversation_id.to_string())
+            .with_details(details);
+    audit::record(&mut transaction, record).await?;
+    transaction.commit().await?;
+    Ok(RecordingReader {
+        runtime: runtime.clone(),
+        tenant_id,
+        conversation_id,
+        header: Some(wav_header(total_frames * FRAME_BYTES, SAMPLE_RATE, CHANNELS)),
+        layout: layout.into(),
+        frames: 0,
+        total_frames,
+    })
+}
+
+/// A conversation's whole recording as one WAV file in memory (see `open`, which reads it a
+/// segment at a time).
+///
+/// # Errors
+///
+/// As `open` and `RecordingReader::next_chunk`.
+pub async fn wav(runtime: &Runtime, principal: &Principal, conversation_id: Uuid) -> Result<Vec<u8>> {
+    let mut reader = open(runtime, principal, conversation_id).await?;
+    let mut file = Vec::with_capacity(usize::try_from(reader.byte_len()).unwrap_or(0));
+    while let Some(chunk) = reader.next_chunk().await? {
+        file.extend_from_slice(&chunk);
+    }
+    Ok(file)
+}
+
+/// The 44-byte header of a RIFF WAVE file of `data_len` bytes of 16-bit little-endian PCM.
 #[must_use]
-pub fn wav_file(data: &[u8], sample_rate: u32, channels: u16) -> Vec<u8> {
-    let data_len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+pub fn wav_header(data_len: u64, sample_rate: u32, channels: u16) -> Vec<u8> {
+    let data_len = u32::try_from(data_len).unwrap_or(u32::MAX);
     let block_align = channels * 2;
-    let mut file = Vec::with_capacity(44 + data.len());
-    file.extend_from_slice(b"RIFF");
-    file.extend_from_slice(&data_len.saturating_add(36).to_le_bytes());
-    file.extend_from_slice(b"WAVEfmt ");
-    file.extend_from_slice(&16u32.to_le_bytes());
-    file.extend_from_slice(&1u16.to_le_bytes());
-    file.extend_from_slice(&channels.to_le_bytes());
-    file.extend_from_slice(&sample_rate.to_le_bytes());
-    file.extend_from_slice(&(sample_rate * u32::from(block_align)).to_le_bytes());
-    file.extend_from_slice(&block_align.to_le_bytes());
-    file.extend_from_slice(&16u16.to_le_bytes());
-    file.extend_from_slice(b"data");
-    file.extend_from_slice(&data_len.to_le_bytes());
-    file.extend_from_slice(data);
-    file
+    let mut header = Vec::with_capacity(WAV_HEADER_LEN);
+    header.extend_from_slice(b"RIFF");
+    header.extend_from_slice(&data_len.saturating_add(36).to_le_bytes());
+    header.extend_from_slice(b"WAVEfmt ");
+    header.extend_from_slice(&16u32.to_le_bytes());
+    header.extend_from_slice(&1u16.to_le_bytes());
+    header.extend_from_slice(&channels.to_le_bytes());
+    header.extend_from_slice(&sample_rate.to_le_bytes());
+    header.extend_from_slice(&(sample_rate * u32::from(block_align)).to_le_bytes());
+    header.extend_from_slice(&block_align.to_le_bytes());
+    header.extend_from_slice(&16u16.to_le_bytes());
+    header.extend_from_slice(b"data");
+    header.extend_from_slice(&data_len.to_le_bytes());
+    header
 }
 
 /// Seals every segment not under the current key again; returns (resealed, unreadable) and
@@ -420,9 +497,9 @@ mod tests {
     }
 
     #[test]
-    fn a_wav_file_has_the_riff_layout() {
-        let file = wav_file(&[1, 0, 2, 0, 3, 0, 4, 0], SAMPLE_RATE, CHANNELS);
-        assert_eq!(file.len(), 44 + 8);
+    fn a_wav_header_has_the_riff_layout() {
+        let file = wav_header(8, SAMPLE_RATE, CHANNELS);
+        assert_eq!(file.len(), WAV_HEADER_LEN);
         assert_eq!(&file[..4], b"RIFF");
         assert_eq!(u32::from_le_bytes(file[4..8].try_into().unwrap()), 36 + 8);
         assert_eq!(&file[8..16], b"WAVEfmt ");

@@ -1,10 +1,12 @@
 //! `/admin/v1/conversations`: transcripts — every message with its role, text, time,
 //! citations, model and timings — and recorded calls as WAV files.
 
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures::TryStreamExt;
 use parley_runtime::chat::conversations::{self, Channel, Conversation, ConversationFilter, StoredMessage};
 use parley_runtime::recordings;
 use serde::{Deserialize, Serialize};
@@ -184,10 +186,19 @@ pub async fn recording(
     Path(conversation_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let conversation_id = parse_id(&conversation_id, "conversation")?;
-    let wav = recordings::wav(&state.runtime, &principal, conversation_id).await?;
-    let mut response = wav.into_response();
+    let reader = recordings::open(&state.runtime, &principal, conversation_id).await?;
+    let length = reader.byte_len();
+    // One segment in memory at a time, however long the call was.
+    let chunks = futures::stream::try_unfold(reader, |mut reader| async move {
+        Ok::<_, parley_runtime::Error>(reader.next_chunk().await?.map(|chunk| (chunk, reader)))
+    })
+    .inspect_err(move |error| {
+        tracing::error!(%conversation_id, code = error.code(), %error, "a recording could not be read to the end");
+    });
+    let mut response = Body::from_stream(chunks).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("audio/wav"));
+    headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
     headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
     if let Ok(value) =
         header::HeaderValue::from_str(&format!("attachment; filename=\"parley-call-{conversation_id}.wav\""))

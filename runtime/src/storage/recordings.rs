@@ -47,20 +47,58 @@ pub async fn insert(connection: &mut AnyConnection, segment: &StoredSegment) -> 
 }
 
 fn from_row(row: &sqlx::any::AnyRow) -> Result<StoredSegment> {
-    let number = |name: &str| -> Result<i64> { Ok(row.try_get::<i64, _>(name)?) };
-    let corrupt = |name: &str| crate::Error::Corrupt(format!("call_recordings.{name} is out of range"));
+    let layout = layout_from_row(row)?;
     Ok(StoredSegment {
         tenant_id: parse_uuid(&row.try_get::<String, _>("tenant_id")?)?,
         conversation_id: parse_uuid(&row.try_get::<String, _>("conversation_id")?)?,
-        segment: u32::try_from(number("segment")?).map_err(|_| corrupt("segment"))?,
-        start_ms: u64::try_from(number("start_ms")?).map_err(|_| corrupt("start_ms"))?,
-        sample_rate: u32::try_from(number("sample_rate")?).map_err(|_| corrupt("sample_rate"))?,
-        channels: u16::try_from(number("channels")?).map_err(|_| corrupt("channels"))?,
-        frames: u64::try_from(number("frames")?).map_err(|_| corrupt("frames"))?,
+        segment: layout.segment,
+        start_ms: layout.start_ms,
+        sample_rate: layout.sample_rate,
+        channels: layout.channels,
+        frames: layout.frames,
         key_id: row.try_get("key_id")?,
         sealed_audio: row.try_get("sealed_audio")?,
-        created_at: number("created_at")?,
+        created_at: row.try_get("created_at")?,
     })
+}
+
+fn layout_from_row(row: &sqlx::any::AnyRow) -> Result<SegmentLayout> {
+    let number = |name: &str| -> Result<i64> { Ok(row.try_get::<i64, _>(name)?) };
+    let corrupt = |name: &str| crate::Error::Corrupt(format!("call_recordings.{name} is out of range"));
+    Ok(SegmentLayout {
+        segment: u32::try_from(number("segment")?).map_err(|_| corrupt("segment"))?,
+        start_ms: u64::try_from(number("start_ms")?).map_err(|_| corrupt("start_ms"))?,
+        frames: u64::try_from(number("frames")?).map_err(|_| corrupt("frames"))?,
+        sample_rate: u32::try_from(number("sample_rate")?).map_err(|_| corrupt("sample_rate"))?,
+        channels: u16::try_from(number("channels")?).map_err(|_| corrupt("channels"))?,
+    })
+}
+
+/// Where a segment sits in its recording, without its audio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentLayout {
+    pub segment: u32,
+    pub start_ms: u64,
+    pub frames: u64,
+    pub sample_rate: u32,
+    pub channels: u16,
+}
+
+/// A conversation's segments in order, without their audio.
+pub async fn layout(
+    connection: &mut AnyConnection,
+    tenant_id: Uuid,
+    conversation_id: Uuid,
+) -> Result<Vec<SegmentLayout>> {
+    let rows = sqlx::query(
+        "SELECT segment, start_ms, frames, sample_rate, channels FROM call_recordings \
+         WHERE tenant_id = $1 AND conversation_id = $2 ORDER BY segment",
+    )
+    .bind(tenant_id.to_string())
+    .bind(conversation_id.to_string())
+    .fetch_all(connection)
+    .await?;
+    rows.iter().map(layout_from_row).collect()
 }
 
 const COLUMNS: &str =
@@ -85,25 +123,6 @@ pub async fn segments(
     .fetch_all(connection)
     .await?;
     rows.iter().map(from_row).collect()
-}
-
-/// A conversation's recording in numbers: (segments, sample frames), or `None` without one.
-pub async fn summary(
-    connection: &mut AnyConnection,
-    tenant_id: Uuid,
-    conversation_id: Uuid,
-) -> Result<Option<(u64, u64)>> {
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS segments, CAST(COALESCE(SUM(frames), 0) AS BIGINT) AS frames FROM call_recordings \
-         WHERE tenant_id = $1 AND conversation_id = $2",
-    )
-    .bind(tenant_id.to_string())
-    .bind(conversation_id.to_string())
-    .fetch_one(connection)
-    .await?;
-    let segments = u64::try_from(row.try_get::<i64, _>("segments")?).unwrap_or_default();
-    let frames = u64::try_from(row.try_get::<i64, _>("frames")?).unwrap_or_default();
-    Ok((segments > 0).then_some((segments, frames)))
 }
 
 /// Deletes a conversation's segments; returns how many.
