@@ -2,7 +2,8 @@
 //!
 //! Owns: loading the master key (inline from `secrets.key`, or from a key file, generating the
 //! default `<data_dir>/secrets.key` on first start), sealing and opening secrets stored in the
-//! database (tenant provider API keys, agent identity secrets) with AES-256-GCM, signing and
+//! database (tenant provider API keys, agent identity secrets, recorded call audio) and TURN
+//! credentials in the settings with AES-256-GCM, signing and
 //! verifying tokens (chat resume tokens) with HMAC-SHA256, and random tokens.
 //!
 //! Must not touch: storage (callers store the sealed strings), HTTP, or logs of anything
@@ -29,6 +30,11 @@
 //! `context`: a secret sealed as tenant A's provider key cannot be opened as tenant B's, nor
 //! under another purpose. Purposes are fixed names chosen in code (`"provider_api_key"`) and must
 //! not contain NUL; contexts name the owner (a tenant or agent id) and may hold any text.
+//!
+//! Large values (recorded call audio, `seal_bytes`) use the same scheme without base64: the
+//! ASCII bytes `v1.<key id>.` followed by the raw nonce, ciphertext and tag. TURN credentials in
+//! the settings are sealed strings of purpose `turn_credential`, opened at start-up
+//! (`open_turn_credentials`).
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
