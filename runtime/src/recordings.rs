@@ -33,9 +33,9 @@ pub const CHANNELS: u16 = 2;
 /// Call time per sealed segment.
 pub const SEGMENT_SECONDS: u32 = 10;
 const SEGMENT_FRAMES: usize = (SAMPLE_RATE * SEGMENT_SECONDS) as usize;
-/// How far one side may run ahead of the other before the other is taken as silent (a
-/// transport that stopped sending the caller's audio), in samples: bounds what is held.
-const MAX_LEAD: usize = SAMPLE_RATE as usize;
+/// The least one side may run ahead of the other before the other is taken as silent, in
+/// samples (see `Recorder::new`).
+const MIN_LEAD: usize = SAMPLE_RATE as usize;
 /// Segments waiting to be stored; a recorder whose storage falls further behind drops
 /// segments (and logs it) rather than hold more audio.
 const WRITE_QUEUE: usize = 3;
@@ -59,10 +59,23 @@ pub(crate) struct Recorder {
 impl Recorder {
     /// A recorder for the call `call_id` in `conversation_id`; segments are stored by a task
     /// of their own.
-    pub(crate) fn new(runtime: Runtime, call_id: Uuid, tenant_id: Uuid, conversation_id: Uuid) -> Self {
+    ///
+    /// Both sides arrive on their own clocks (the transport's packets, the pipeline's 20 ms
+    /// ticks) and either can stall for a while and catch up. A side more than `max_lead_ms`
+    /// behind the other (at least a second) is taken as silent — it stopped sending, or its
+    /// audio was dropped — and padded, so the other side never piles up; `voice.input_buffer_ms`
+    /// is the right bound, as caller audio later than that is dropped before it is heard.
+    pub(crate) fn new(
+        runtime: Runtime,
+        call_id: Uuid,
+        tenant_id: Uuid,
+        conversation_id: Uuid,
+        max_lead_ms: u64,
+    ) -> Self {
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
         let writer = tokio::spawn(store_segments(runtime, call_id, tenant_id, conversation_id, queue));
-        Self { call_id, track: Track::default(), writes, writer }
+        let max_lead = usize::try_from(max_lead_ms.saturating_mul(u64::from(SAMPLE_RATE)) / 1000).unwrap_or(usize::MAX);
+        Self { call_id, track: Track::new(max_lead), writes, writer }
     }
 
     /// The caller's audio, 16 kHz mono in [-1, 1], as the VAD gets it.
@@ -111,8 +124,9 @@ struct Pending {
 }
 
 /// Both sides of a call joined into one stereo track, cut into segments.
-#[derive(Default)]
 struct Track {
+    /// How far one side may run ahead of the other, in samples.
+    max_lead: usize,
     caller: VecDeque<i16>,
     agent: VecDeque<i16>,
     /// The current segment, interleaved (caller, agent).
@@ -123,6 +137,17 @@ struct Track {
 }
 
 impl Track {
+    fn new(max_lead: usize) -> Self {
+        Self {
+            max_lead: max_lead.max(MIN_LEAD),
+            caller: VecDeque::new(),
+            agent: VecDeque::new(),
+            segment: Vec::new(),
+            number: 0,
+            frames_before: 0,
+        }
+    }
+
     fn caller(&mut self, samples: &[f32]) -> Vec<Pending> {
         self.caller.extend(samples.iter().copied().map(to_i16));
         self.interleave()
@@ -137,10 +162,11 @@ impl Track {
     fn interleave(&mut self) -> Vec<Pending> {
         // A side that stopped arriving is silent, so the other one never piles up.
         let (caller, agent) = (self.caller.len(), self.agent.len());
-        if caller > agent + MAX_LEAD {
-            self.agent.extend(std::iter::repeat_n(0, caller - agent - MAX_LEAD));
-        } else if agent > caller + MAX_LEAD {
-            self.caller.extend(std::iter::repeat_n(0, agent - caller - MAX_LEAD));
+        let lead = self.max_lead;
+        if caller > agent + lead {
+            self.agent.extend(std::iter::repeat_n(0, caller - agent - lead));
+        } else if agent > caller + lead {
+            self.caller.extend(std::iter::repeat_n(0, agent - caller - lead));
         }
         let mut completed = Vec::new();
         while !self.caller.is_empty() && !self.agent.is_empty() {
@@ -434,7 +460,7 @@ mod tests {
 
     #[test]
     fn both_sides_are_interleaved_in_step_caller_left() {
-        let mut track = Track::default();
+        let mut track = Track::new(MIN_LEAD);
         assert!(track.caller(&[level(1), level(2), level(3)]).is_empty());
         assert!(track.agent(&[level(-1), level(-2)]).is_empty());
         assert!(track.agent(&[level(-3), level(-4)]).is_empty());
@@ -445,7 +471,7 @@ mod tests {
 
     #[test]
     fn segments_are_cut_every_ten_seconds_and_numbered_with_their_start() {
-        let mut track = Track::default();
+        let mut track = Track::new(MIN_LEAD);
         let second = vec![0.25f32; SAMPLE_RATE as usize];
         let mut segments = Vec::new();
         for _ in 0..25 {
@@ -469,13 +495,13 @@ mod tests {
 
     #[test]
     fn a_side_that_stops_arriving_is_silence_and_memory_stays_bounded() {
-        let mut track = Track::default();
+        let mut track = Track::new(MIN_LEAD);
         // The agent's clock runs while the transport sends nothing of the caller for 30 s.
         let frame = vec![0.5f32; 320];
         let mut segments = Vec::new();
         for _ in 0..1_500 {
             segments.extend(track.agent(&frame));
-            assert!(track.agent.len() <= MAX_LEAD + 320, "held {}", track.agent.len());
+            assert!(track.agent.len() <= MIN_LEAD + 320, "held {}", track.agent.len());
         }
         assert_eq!(segments.len(), 2, "the agent's 30 s went on being recorded");
         assert!(segments[0].samples.chunks(2).all(|pair| pair == [0, to_i16(0.5)]));
@@ -485,7 +511,7 @@ mod tests {
         let frames: usize = segments.iter().map(|segment| segment.samples.len() / 2).sum();
         assert_eq!(frames, 1_500 * 320);
         let last = segments.last().unwrap();
-        let tail = &last.samples[last.samples.len() - 2 * MAX_LEAD..];
+        let tail = &last.samples[last.samples.len() - 2 * MIN_LEAD..];
         assert_eq!(&tail[..20], [9, to_i16(0.5)].repeat(10).as_slice());
     }
 
@@ -515,5 +541,22 @@ mod tests {
         let (tenant, conversation) = (Uuid::now_v7(), Uuid::now_v7());
         assert_ne!(context(tenant, conversation, 0), context(tenant, conversation, 1));
         assert_ne!(context(tenant, conversation, 0), context(Uuid::now_v7(), conversation, 0));
+    }
+
+    #[test]
+    fn a_side_that_stalls_and_catches_up_within_the_lead_stays_in_step() {
+        let mut track = Track::new(3 * SAMPLE_RATE as usize);
+        let frame = vec![0.5f32; 320];
+        let mut segments = Vec::new();
+        // The caller's audio stalls for two seconds, then arrives all at once.
+        for _ in 0..100 {
+            segments.extend(track.agent(&frame));
+        }
+        segments.extend(track.caller(&vec![0.25f32; 100 * 320]));
+        segments.extend(track.finish());
+        assert_eq!(segments.len(), 1);
+        let samples = &segments[0].samples;
+        assert_eq!(samples.len(), 2 * 100 * 320, "nothing was padded");
+        assert!(samples.chunks(2).all(|pair| pair == [to_i16(0.25), to_i16(0.5)]));
     }
 }

@@ -247,7 +247,14 @@ impl Pipeline {
         let vad = context.engines.vad.stream();
         let recorder = agent.retention.record_audio.then(|| {
             let conversation = &context.session.conversation;
-            Recorder::new(context.runtime.clone(), context.call_id, conversation.tenant_id, conversation.id)
+            let max_lead_ms = context.runtime.settings().voice.input_buffer_ms;
+            Recorder::new(
+                context.runtime.clone(),
+                context.call_id,
+                conversation.tenant_id,
+                conversation.id,
+                max_lead_ms,
+            )
         });
         Ok(Self {
             recorder,
