@@ -131,13 +131,7 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
     assert_eq!(before, after, "tenant B changed");
     assert_eq!(server.get("/admin/v1/agents", &viewer_b).await.0, 200, "B's keys still work");
     // The recording A could not find is there for B.
-    let recording = reqwest::Client::new()
-        .get(format!("{}/admin/v1/conversations/{conversation_b}/recording", server.base))
-        .bearer_auth(&viewer_b)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(recording.status(), 200);
+    assert_eq!(crate::matrix::fetch_recording(&server, &viewer_b, &conversation_b).await.0, 200);
     let _: Value = after.0;
     server.stop().await;
 }

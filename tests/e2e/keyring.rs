@@ -108,14 +108,9 @@ async fn rotation_reseals_everything_without_breaking_anything(backend: Backend)
             .unwrap()
     };
     let recording = || async {
-        let response = reqwest::Client::new()
-            .get(format!("{}/admin/v1/conversations/{conversation_id}/recording", server.base))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        response.bytes().await.unwrap().to_vec()
+        let (status, wav) = crate::matrix::fetch_recording(&server, &token, &conversation_id).await;
+        assert_eq!(status, 200);
+        wav
     };
     let wav_before = recording().await;
 

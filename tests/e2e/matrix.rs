@@ -85,6 +85,19 @@ pub async fn seed_recording(server: &TestServer, tenant_id: &str, conversation_i
         .unwrap();
 }
 
+/// Fetches a conversation's recording through the admin API: (status, body).
+pub async fn fetch_recording(server: &TestServer, token: &str, conversation_id: &str) -> (u16, Vec<u8>) {
+    let response = server
+        .client
+        .get(format!("{}/admin/v1/conversations/{conversation_id}/recording", server.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.bytes().await.unwrap().to_vec())
+}
+
 /// The public id of an agent.
 async fn public_id(server: &TestServer, token: &str, agent_id: &str) -> String {
     server.get(&format!("/admin/v1/agents/{agent_id}"), token).await.1["public_id"].as_str().unwrap().to_owned()

@@ -305,20 +305,9 @@ async fn recorded_audio_expires_by_its_own_window(backend: Backend) {
     let audio: Vec<i16> = (0..3_200).map(|index| ((index * 7919) % 30_000 - 15_000) as i16).collect();
     crate::matrix::seed_recording(&server, &tenant_id, &short_conversation, &audio).await;
     crate::matrix::seed_recording(&server, &tenant_id, &tenant_conversation, &audio).await;
-    let recording = |conversation: &str| format!("/admin/v1/conversations/{conversation}/recording");
     let fetch = |conversation: String| {
-        let server = &server;
-        let token = token.clone();
-        async move {
-            reqwest::Client::new()
-                .get(format!("{}{}", server.base, recording(&conversation)))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
+        let (server, token) = (&server, token.clone());
+        async move { crate::matrix::fetch_recording(server, &token, &conversation).await.0 }
     };
     assert_eq!(fetch(short_conversation.clone()).await, 200);
     let written = OffsetDateTime::now_utc();
