@@ -89,6 +89,16 @@ enum Command {
     /// Data retention (offline; refused while a server holds the data directory).
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// Seal secrets for the settings file with this node's secrets key.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretsCommand {
+    /// Read a TURN server's credential from standard input and print it sealed with this
+    /// node's secrets key, for `[webrtc] turn_servers[].credential`.
+    SealTurnCredential,
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,8 +212,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.database().close().await;
             Ok(())
         }
+        Command::Secrets(SecretsCommand::SealTurnCredential) => seal_turn_credential(&settings),
         Command::Ingest(_) | Command::Keys(_) | Command::Export(_) => Ok(()),
     }
+}
+
+/// Reads a credential from standard input (one trailing line break dropped) and prints it
+/// sealed; the credential itself is never echoed.
+fn seal_turn_credential(settings: &Settings) -> anyhow::Result<()> {
+    use std::io::Read;
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input).context("cannot read the credential from standard input")?;
+    let credential = input.strip_suffix('\n').map(|line| line.strip_suffix('\r').unwrap_or(line)).unwrap_or(&input);
+    if credential.is_empty() {
+        anyhow::bail!("no credential on standard input; pipe the TURN server's credential in");
+    }
+    let secrets = parley_runtime::secrets::Secrets::load(settings)?;
+    println!("{}", secrets.seal_turn_credential(credential));
+    eprintln!(
+        "sealed with key {}: put this string in `[webrtc] turn_servers[].credential` (it opens on nodes with this key)",
+        secrets.key_id()
+    );
+    Ok(())
 }
 
 fn init_logging(settings: &Settings, override_filter: Option<&str>) -> anyhow::Result<()> {

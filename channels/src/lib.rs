@@ -82,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{agent_id}/identity-secret", axum::routing::post(admin::agents::rotate_identity_secret))
         .route("/conversations", get(admin::conversations::list))
         .route("/conversations/{conversation_id}", get(admin::conversations::get))
+        .route("/conversations/{conversation_id}/recording", get(admin::conversations::recording))
         .route("/provider-keys", get(admin::provider_keys::list))
         .route(
             "/provider-keys/{provider}",

@@ -21,7 +21,7 @@ use crate::ops;
         audit::list,
         documents::create, documents::list, documents::get, documents::replace, documents::delete, documents::search,
         agents::rotate_identity_secret,
-        conversations::list, conversations::get,
+        conversations::list, conversations::get, conversations::recording,
         provider_keys::list, provider_keys::set, provider_keys::delete,
         telephony::get, telephony::set, telephony::delete,
         tenants::set_token_budget, tenants::own_token_budget,

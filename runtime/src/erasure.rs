@@ -141,6 +141,10 @@ impl Step {
                 for batch in plan.conversations.chunks(BATCH) {
                     let mut transaction = runtime.database().begin().await?;
                     for conversation_id in batch {
+                        let segments =
+                            storage::recordings::delete_conversation(&mut transaction, tenant_id, *conversation_id)
+                                .await?;
+                        add(counts, "recording_segments", segments);
                         let (conversations, messages) =
                             storage::erasure::delete_conversation(&mut transaction, tenant_id, *conversation_id)
                                 .await?;

@@ -638,6 +638,9 @@ async fn write_archive_files(
     save_progress(runtime, job, &progress).await?;
     let mut conversations = NdjsonFile::create(work, "conversations.ndjson", "conversation")?;
     let mut messages = NdjsonFile::create(work, "messages.ndjson", "message")?;
+    // Recorded calls are listed, not copied: an archive is a file in the clear, and recorded
+    // audio is only ever stored sealed. Each is fetched through the admin API.
+    let mut recordings = NdjsonFile::create(work, "recordings.ndjson", "recording")?;
     for conversation_id in conversation_ids {
         let mut connection = runtime.database().pool().acquire().await?;
         let Some(conversation) = storage::conversations::get(&mut connection, tenant_id, conversation_id).await? else {
@@ -648,6 +651,18 @@ async fn write_archive_files(
             messages.write(&message_record(&message))?;
             progress.messages += 1;
         }
+        let layout = storage::recordings::layout(&mut connection, tenant_id, conversation_id).await?;
+        if !layout.is_empty() {
+            let frames = crate::recordings::total_frames(&layout);
+            recordings.write(&json!({
+                "conversation_id": conversation_id,
+                "segments": layout.len(),
+                "duration_ms": frames * 1000 / u64::from(crate::recordings::SAMPLE_RATE),
+                "sample_rate": crate::recordings::SAMPLE_RATE,
+                "channels": crate::recordings::CHANNELS,
+                "download_path": format!("/admin/v1/conversations/{conversation_id}/recording"),
+            }))?;
+        }
         drop(connection);
         progress.conversations_done += 1;
         if progress.conversations_done.is_multiple_of(PROGRESS_EVERY) {
@@ -656,6 +671,7 @@ async fn write_archive_files(
     }
     written.push(conversations.finish()?);
     written.push(messages.finish()?);
+    written.push(recordings.finish()?);
 
     if subject.is_none() {
         let mut file = NdjsonFile::create(work, "audit_log.ndjson", "audit_entry")?;
@@ -816,7 +832,7 @@ pub fn schema() -> Value {
                         &["name", "record_type", "records", "bytes", "sha256"],
                         json!({
                             "name": text,
-                            "record_type": { "enum": ["tenant", "agent", "document", "conversation", "message", "audit_entry", "fine_tuning_example"] },
+                            "record_type": { "enum": ["tenant", "agent", "document", "conversation", "message", "recording", "audit_entry", "fine_tuning_example"] },
                             "records": count,
                             "bytes": count,
                             "sha256": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
@@ -869,6 +885,15 @@ pub fn schema() -> Value {
                     "model": nullable(&text), "prompt_tokens": count, "completion_tokens": count,
                     "created_at": timestamp, "speech_start_ms": nullable(&count), "speech_end_ms": nullable(&count),
                     "language": nullable(&text),
+                }),
+            ),
+            "recording": record(
+                &["conversation_id", "segments", "duration_ms", "sample_rate", "channels", "download_path"],
+                json!({
+                    "conversation_id": uuid, "segments": count, "duration_ms": count,
+                    "sample_rate": { "const": crate::recordings::SAMPLE_RATE },
+                    "channels": { "const": crate::recordings::CHANNELS },
+                    "download_path": text,
                 }),
             ),
             "audit_entry": record(

@@ -42,6 +42,8 @@ pub struct RotationReport {
     pub webhook_secrets: u64,
     /// Phone providers' auth tokens (`telephony_credentials`).
     pub telephony_tokens: u64,
+    /// Segments of recorded call audio (`call_recordings`).
+    pub recording_segments: u64,
     /// Values no key in the keyring opens (sealed under a key that was removed); left as they
     /// are and counted here, so the operator can restore the key or replace the secrets.
     pub unreadable: u64,
@@ -93,6 +95,17 @@ pub async fn rotate(runtime: &Runtime, generate_key: bool) -> Result<RotationRep
         }
         report.unreadable += unreadable;
     }
+    let (mut resealed, mut unreadable) = (0, 0);
+    for _ in 0..MAX_PASSES {
+        let (pass_resealed, pass_unreadable) = crate::recordings::reseal(runtime, &mut per_tenant).await?;
+        resealed += pass_resealed;
+        unreadable = pass_unreadable;
+        if pass_resealed == 0 {
+            break;
+        }
+    }
+    report.recording_segments = resealed;
+    report.unreadable += unreadable;
     crate::reseal_secrets_check(runtime.database(), &secrets).await?;
     for (tenant_id, count) in per_tenant {
         let mut transaction = runtime.database().begin().await?;

@@ -27,6 +27,7 @@ pub mod lock;
 pub mod page;
 pub mod provider_keys;
 pub mod rate_limit;
+pub mod recordings;
 pub mod redact;
 pub mod retention;
 pub mod secrets;
@@ -83,9 +84,22 @@ impl Runtime {
 
     /// Builds a runtime over an open database: loads the secrets key (creating the default key
     /// file on first start) and refuses a key other than the one the database was set up with.
-    pub async fn with_database(settings: Settings, database: Database, embedder: Arc<dyn Embedder>) -> Result<Self> {
+    /// Sealed TURN credentials in `[webrtc] turn_servers` are opened here (a credential that
+    /// does not open stops start-up; one in the clear works, with a warning).
+    pub async fn with_database(
+        mut settings: Settings,
+        database: Database,
+        embedder: Arc<dyn Embedder>,
+    ) -> Result<Self> {
         let secrets = Secrets::load(&settings)?;
         check_secrets_key(&database, &secrets).await?;
+        for position in secrets.open_turn_credentials(&mut settings.webrtc.turn_servers)? {
+            tracing::warn!(
+                entry = position,
+                "setting `webrtc.turn_servers` entry {position} holds its credential in the clear; seal it with \
+                 `parley secrets seal-turn-credential` and put the sealed string in the settings instead"
+            );
+        }
         let rate_limiter =
             Arc::new(InMemoryRateLimiter::new(settings.rate_limit.requests_per_second, settings.rate_limit.burst));
         let knowledge =

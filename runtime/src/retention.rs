@@ -2,7 +2,8 @@
 //! what has expired.
 //!
 //! Windows are per tenant (`/admin/v1/retention`); an agent may override the transcript window
-//! (`retention.transcript_days`). The sweeper walks every tenant in pages, deletes expired
+//! (`retention.transcript_days`) and the window of its recorded call audio
+//! (`retention.audio_days`; recordings are deleted by segment age, and with their conversation). The sweeper walks every tenant in pages, deletes expired
 //! conversations (with their messages), audit entries and per-conversation analytics rows
 //! (daily aggregates are kept) in small batches, each batch in its own transaction together
 //! with the audit entry recording what it deleted (counts, never content) — so it can be
@@ -25,6 +26,8 @@ use crate::{storage, Runtime};
 const DAY_MILLIS: i64 = 86_400_000;
 /// Rows deleted per transaction.
 const BATCH: i64 = 500;
+/// Recording segments (about 640 kB each) deleted per transaction.
+const RECORDING_BATCH: i64 = 50;
 /// Tenants read per page while sweeping.
 const TENANT_PAGE: i64 = 200;
 
@@ -104,6 +107,16 @@ pub struct SweepReport {
     pub analytics_conversations: u64,
     /// Export archives past their download window (`exports.expire_days`).
     pub export_archives: u64,
+    /// Sealed segments of recorded call audio past the agent's (else the tenant's) audio window.
+    pub recording_segments: u64,
+}
+
+impl SweepReport {
+    /// True when the sweep deleted rows from the database.
+    fn deleted_rows(&self) -> bool {
+        self.conversations + self.messages + self.audit_entries + self.analytics_conversations + self.recording_segments
+            > 0
+    }
 }
 
 /// Deletes everything whose retention window has passed at `now`, for every tenant.
@@ -124,11 +137,12 @@ pub async fn sweep(runtime: &Runtime, now: OffsetDateTime) -> Result<SweepReport
             report.messages += tenant.messages;
             report.audit_entries += tenant.audit_entries;
             report.analytics_conversations += tenant.analytics_conversations;
+            report.recording_segments += tenant.recording_segments;
         }
         after = Some(last);
     }
     report.export_archives = crate::exports::sweep_expired(runtime, now).await?;
-    if report.conversations + report.messages + report.audit_entries + report.analytics_conversations > 0 {
+    if report.deleted_rows() {
         runtime.database().checkpoint().await?;
     }
     Ok(report)
@@ -162,6 +176,33 @@ async fn sweep_tenant(runtime: &Runtime, tenant_id: Uuid, now: i64) -> Result<Sw
                 break;
             }
         }
+        // Recorded audio has its own, usually shorter, window.
+        let audio_days = agent.retention.audio_days.unwrap_or(retention.audio_days);
+        let audio_cutoff = now - i64::from(audio_days) * DAY_MILLIS;
+        loop {
+            let mut transaction = runtime.database().begin().await?;
+            let (segments, conversations) = storage::recordings::delete_before(
+                &mut transaction,
+                tenant_id,
+                agent.id,
+                audio_cutoff,
+                RECORDING_BATCH,
+            )
+            .await?;
+            if segments > 0 {
+                let details = serde_json::json!({
+                    "agent_id": agent.id,
+                    "recording_segments": segments,
+                    "recorded_conversations": conversations,
+                });
+                record_sweep(&mut transaction, tenant_id, details).await?;
+            }
+            transaction.commit().await?;
+            report.recording_segments += segments;
+            if segments < RECORDING_BATCH as u64 {
+                break;
+            }
+        }
     }
     let audit_cutoff = now - i64::from(retention.audit_days) * DAY_MILLIS;
     loop {
@@ -192,13 +233,14 @@ async fn sweep_tenant(runtime: &Runtime, tenant_id: Uuid, now: i64) -> Result<Sw
             break;
         }
     }
-    if report.conversations + report.messages + report.audit_entries + report.analytics_conversations > 0 {
+    if report.deleted_rows() {
         tracing::info!(
             tenant_id = %tenant_id,
             conversations = report.conversations,
             messages = report.messages,
             audit_entries = report.audit_entries,
             analytics_conversations = report.analytics_conversations,
+            recording_segments = report.recording_segments,
             "retention sweep deleted expired data"
         );
     }

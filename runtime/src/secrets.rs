@@ -2,7 +2,8 @@
 //!
 //! Owns: loading the master key (inline from `secrets.key`, or from a key file, generating the
 //! default `<data_dir>/secrets.key` on first start), sealing and opening secrets stored in the
-//! database (tenant provider API keys, agent identity secrets) with AES-256-GCM, signing and
+//! database (tenant provider API keys, agent identity secrets, recorded call audio) and TURN
+//! credentials in the settings with AES-256-GCM, signing and
 //! verifying tokens (chat resume tokens) with HMAC-SHA256, and random tokens.
 //!
 //! Must not touch: storage (callers store the sealed strings), HTTP, or logs of anything
@@ -29,6 +30,11 @@
 //! `context`: a secret sealed as tenant A's provider key cannot be opened as tenant B's, nor
 //! under another purpose. Purposes are fixed names chosen in code (`"provider_api_key"`) and must
 //! not contain NUL; contexts name the owner (a tenant or agent id) and may hold any text.
+//!
+//! Large values (recorded call audio, `seal_bytes`) use the same scheme without base64: the
+//! ASCII bytes `v1.<key id>.` followed by the raw nonce, ciphertext and tag. TURN credentials in
+//! the settings are sealed strings of purpose `turn_credential`, opened at start-up
+//! (`open_turn_credentials`).
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
@@ -62,6 +68,9 @@ const ENCRYPT_LABEL: &[u8] = b"parley/v1/encrypt";
 const SIGN_LABEL_PREFIX: &[u8] = b"parley/v1/sign/";
 /// The file name of the generated key in the data directory (see `Settings::secrets_key_file`).
 const DEFAULT_KEY_FILE_NAME: &str = "secrets.key";
+/// TURN credentials in the settings are sealed for this purpose, node-wide.
+const TURN_CREDENTIAL_PURPOSE: &str = "turn_credential";
+const TURN_CREDENTIAL_CONTEXT: &str = "webrtc.turn_servers";
 /// Suggested in error messages as a way to make a key.
 const KEY_RECIPE: &str = "32 random bytes in base64 (for example the output of `openssl rand -base64 32`)";
 
@@ -143,6 +152,16 @@ pub enum SecretsError {
          restart, then run `parley keys rotate --reseal-only`"
     )]
     InlineKey,
+    #[error(
+        "setting `webrtc.turn_servers` entry {position} (`credential`) is sealed but cannot be opened with this \
+         node's secrets key: {source}. Seal the TURN credential again with `parley secrets seal-turn-credential` \
+         on this node, or start with the key it was sealed under (as a previous key after a rotation)"
+    )]
+    TurnCredential {
+        position: usize,
+        #[source]
+        source: Box<SecretsError>,
+    },
     #[error("sealed secret is malformed: {reason}")]
     Malformed { reason: &'static str },
     #[error("sealed secret does not decrypt: it was altered, or it was sealed for another purpose or context")]
@@ -286,6 +305,12 @@ impl Secrets {
     }
 
     fn seal_with_nonce(&self, purpose: &str, context: &str, plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> String {
+        let payload = self.encrypt(purpose, context, plaintext, nonce);
+        format!("{}{}", self.sealed_prefix(), URL_SAFE_NO_PAD.encode(payload))
+    }
+
+    /// nonce || ciphertext || tag under the current key.
+    fn encrypt(&self, purpose: &str, context: &str, plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
         let associated_data = associated_data(purpose, context);
         let ciphertext = self
             .current
@@ -295,7 +320,7 @@ impl Secrets {
         let mut payload = Vec::with_capacity(NONCE_LEN + ciphertext.len());
         payload.extend_from_slice(&nonce);
         payload.extend_from_slice(&ciphertext);
-        format!("{}{}", self.sealed_prefix(), URL_SAFE_NO_PAD.encode(payload))
+        payload
     }
 
     /// Decrypts a string made by `seal` with the same purpose and context. Checks the format
@@ -318,25 +343,90 @@ impl Secrets {
         if !is_key_id(key_id) {
             return Err(SecretsError::Malformed { reason: "the key id is not 16 lowercase hex digits" });
         }
-        let Some(master) = std::iter::once(&self.current).chain(&self.previous).find(|master| master.key_id == key_id)
-        else {
-            return Err(SecretsError::WrongKey {
-                sealed_with: key_id.to_owned(),
-                running: self.current.key_id.clone(),
-            });
-        };
+        let master = self.key_for(key_id)?;
         let payload = URL_SAFE_NO_PAD
             .decode(encoded_payload)
             .map_err(|_| SecretsError::Malformed { reason: "the data is not URL-safe base64 without padding" })?;
-        if payload.len() < NONCE_LEN + GCM_TAG_LEN {
-            return Err(SecretsError::Malformed { reason: "the data is too short to hold a nonce and a tag" });
+        decrypt(master, purpose, context, &payload)
+    }
+
+    /// Like `seal`, but binary, for large values such as recorded call audio:
+    /// `v1.<key id>.` followed by the raw nonce, ciphertext and tag (no base64).
+    ///
+    /// # Panics
+    ///
+    /// If `plaintext` is 64 GiB or longer, beyond what AES-GCM can encrypt under one nonce.
+    #[must_use]
+    pub fn seal_bytes(&self, purpose: &str, context: &str, plaintext: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        OsRng.fill_bytes(&mut nonce);
+        let mut sealed = self.sealed_prefix().into_bytes();
+        sealed.extend_from_slice(&self.encrypt(purpose, context, plaintext, nonce));
+        sealed
+    }
+
+    /// Opens what `seal_bytes` made with the same purpose and context, under the current key
+    /// or a previous one. Never panics, whatever `sealed` holds.
+    ///
+    /// # Errors
+    ///
+    /// As `open`: `Malformed`, `WrongKey` or `Corrupt`.
+    pub fn open_bytes(&self, purpose: &str, context: &str, sealed: &[u8]) -> Result<Vec<u8>, SecretsError> {
+        let header_len = SEALED_VERSION.len() + 1 + KEY_ID_BYTES * 2 + 1;
+        let Some((header, payload)) = sealed.split_at_checked(header_len) else {
+            return Err(SecretsError::Malformed { reason: "expected `v1.<key id>.<data>`" });
+        };
+        let Some(key_id) = std::str::from_utf8(header).ok().and_then(|header| sealed_key_id_of_header(header)) else {
+            return Err(SecretsError::Malformed { reason: "expected `v1.<key id>.<data>`" });
+        };
+        decrypt(self.key_for(key_id)?, purpose, context, payload)
+    }
+
+    /// The key id of a value made by `seal_bytes`, when it has that layout.
+    #[must_use]
+    pub fn sealed_bytes_key_id(sealed: &[u8]) -> Option<&str> {
+        let header = sealed.get(..SEALED_VERSION.len() + 1 + KEY_ID_BYTES * 2 + 1)?;
+        sealed_key_id_of_header(std::str::from_utf8(header).ok()?)
+    }
+
+    fn key_for(&self, key_id: &str) -> Result<&MasterKey, SecretsError> {
+        std::iter::once(&self.current).chain(&self.previous).find(|master| master.key_id == key_id).ok_or_else(|| {
+            SecretsError::WrongKey { sealed_with: key_id.to_owned(), running: self.current.key_id.clone() }
+        })
+    }
+
+    /// Opens the sealed TURN credentials of `[webrtc] turn_servers` in place (current key or a
+    /// previous one), so the WebRTC ICE configuration gets the credential itself; returns the
+    /// 1-based positions of credentials that are not sealed (they still work, in the clear).
+    ///
+    /// # Errors
+    ///
+    /// `TurnCredential`, naming the entry, when a sealed credential does not open.
+    pub fn open_turn_credentials(&self, servers: &mut [parley_config::TurnServer]) -> Result<Vec<usize>, SecretsError> {
+        let mut plaintext = Vec::new();
+        for (index, server) in servers.iter_mut().enumerate() {
+            if sealed_key_id(&server.credential).is_none() {
+                if !server.credential.is_empty() {
+                    plaintext.push(index + 1);
+                }
+                continue;
+            }
+            let opened = self
+                .open(TURN_CREDENTIAL_PURPOSE, TURN_CREDENTIAL_CONTEXT, &server.credential)
+                .and_then(|bytes| {
+                    String::from_utf8(bytes).map_err(|_| SecretsError::Malformed { reason: "it is not UTF-8 text" })
+                })
+                .map_err(|source| SecretsError::TurnCredential { position: index + 1, source: Box::new(source) })?;
+            server.credential = opened;
         }
-        let (nonce, ciphertext) = payload.split_at(NONCE_LEN);
-        let associated_data = associated_data(purpose, context);
-        master
-            .cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &associated_data })
-            .map_err(|_| SecretsError::Corrupt)
+        Ok(plaintext)
+    }
+
+    /// Seals a TURN server's credential for `[webrtc] turn_servers[].credential`
+    /// (`parley secrets seal-turn-credential`).
+    #[must_use]
+    pub fn seal_turn_credential(&self, credential: &str) -> String {
+        self.seal(TURN_CREDENTIAL_PURPOSE, TURN_CREDENTIAL_CONTEXT, credential.as_bytes())
     }
 
     /// The HMAC-SHA256 tag of `message` under the current key's signing key of `purpose`.
@@ -382,6 +472,25 @@ fn sealed_key_id(sealed: &str) -> Option<&str> {
         (Some(SEALED_VERSION), Some(key_id), Some(_)) if is_key_id(key_id) => Some(key_id),
         _ => None,
     }
+}
+
+/// Decrypts nonce || ciphertext || tag with `master`.
+fn decrypt(master: &MasterKey, purpose: &str, context: &str, payload: &[u8]) -> Result<Vec<u8>, SecretsError> {
+    if payload.len() < NONCE_LEN + GCM_TAG_LEN {
+        return Err(SecretsError::Malformed { reason: "the data is too short to hold a nonce and a tag" });
+    }
+    let (nonce, ciphertext) = payload.split_at(NONCE_LEN);
+    let associated_data = associated_data(purpose, context);
+    master
+        .cipher
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &associated_data })
+        .map_err(|_| SecretsError::Corrupt)
+}
+
+/// The key id in a `v1.<key id>.` header.
+fn sealed_key_id_of_header(header: &str) -> Option<&str> {
+    let key_id = header.strip_prefix(SEALED_VERSION)?.strip_prefix('.')?.strip_suffix('.')?;
+    is_key_id(key_id).then_some(key_id)
 }
 
 fn hmac_with_key(key: &[u8]) -> HmacSha256 {
@@ -1077,5 +1186,78 @@ mod tests {
         let error = Secrets::load(&settings_with_key_file(&path)).unwrap_err();
         assert!(matches!(error, SecretsError::Io { .. }), "{error:?}");
         assert!(error.to_string().contains(&path.display().to_string()), "{error}");
+    }
+
+    #[test]
+    fn sealed_bytes_round_trip_under_previous_keys_and_refuse_everything_else() {
+        let secrets = secrets();
+        let audio: Vec<u8> = (0..=255u8).cycle().take(5_000).collect();
+        let sealed = secrets.seal_bytes("call_recording", "tenant-a/conversation-1/0", &audio);
+        assert!(sealed.starts_with(format!("v1.{COUNTING_KEY_ID}.").as_bytes()));
+        assert_eq!(sealed.len(), "v1..".len() + 16 + NONCE_LEN + audio.len() + GCM_TAG_LEN);
+        assert!(!sealed.windows(64).any(|window| audio.windows(64).any(|stretch| stretch == window)));
+        assert_eq!(Secrets::sealed_bytes_key_id(&sealed), Some(COUNTING_KEY_ID));
+        assert_eq!(secrets.open_bytes("call_recording", "tenant-a/conversation-1/0", &sealed).unwrap(), audio);
+        // Another segment, conversation or purpose cannot open it.
+        for (purpose, context) in [
+            ("call_recording", "tenant-a/conversation-1/1"),
+            ("call_recording", "tenant-b/conversation-1/0"),
+            ("provider_api_key", "tenant-a/conversation-1/0"),
+        ] {
+            assert!(matches!(secrets.open_bytes(purpose, context, &sealed), Err(SecretsError::Corrupt)));
+        }
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            secrets.open_bytes("call_recording", "tenant-a/conversation-1/0", &tampered),
+            Err(SecretsError::Corrupt)
+        ));
+        // A rotated keyring still opens it; a foreign key names both ids.
+        let rotated = Secrets::from_key([7; KEY_LEN]).with_previous([counting_key()]);
+        assert_eq!(rotated.open_bytes("call_recording", "tenant-a/conversation-1/0", &sealed).unwrap(), audio);
+        let error = Secrets::from_key([7; KEY_LEN]).open_bytes("call_recording", "tenant-a/conversation-1/0", &sealed);
+        assert!(matches!(error, Err(SecretsError::WrongKey { .. })), "{error:?}");
+        for malformed in [&b""[..], b"v1.", b"v2.0000000000000000.abc", &sealed[..sealed.len().min(30)]] {
+            let error = secrets.open_bytes("call_recording", "tenant-a/conversation-1/0", malformed).unwrap_err();
+            assert!(matches!(error, SecretsError::Malformed { .. } | SecretsError::WrongKey { .. }), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn sealed_turn_credentials_open_in_place_and_plaintext_ones_are_reported() {
+        use parley_config::TurnServer;
+        let secrets = secrets();
+        let server = |credential: String| TurnServer {
+            urls: vec!["turn:turn.example.net:3478".to_owned()],
+            username: "parley".to_owned(),
+            credential,
+        };
+        let mut servers =
+            vec![server(secrets.seal_turn_credential("turn-secret-1")), server("in-the-clear".to_owned())];
+        assert!(servers[0].credential.starts_with(&format!("v1.{COUNTING_KEY_ID}.")));
+        assert_eq!(secrets.open_turn_credentials(&mut servers).unwrap(), vec![2]);
+        assert_eq!(servers[0].credential, "turn-secret-1");
+        assert_eq!(servers[1].credential, "in-the-clear");
+
+        // After a rotation the previous key still opens it.
+        let sealed = secrets.seal_turn_credential("turn-secret-2");
+        let rotated = Secrets::from_key([7; KEY_LEN]).with_previous([counting_key()]);
+        let mut servers = vec![server(sealed.clone())];
+        assert!(rotated.open_turn_credentials(&mut servers).unwrap().is_empty());
+        assert_eq!(servers[0].credential, "turn-secret-2");
+
+        // Another key refuses, naming the setting and without the sealed value or the secret.
+        let mut servers = vec![server("plain".to_owned()), server(sealed.clone())];
+        let error = Secrets::from_key([7; KEY_LEN]).open_turn_credentials(&mut servers).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("`webrtc.turn_servers` entry 2 (`credential`)"), "{message}");
+        assert!(message.contains(COUNTING_KEY_ID), "the key it was sealed under is named: {message}");
+        assert!(!message.contains(&sealed) && !message.contains("turn-secret-2"), "{message}");
+        // A sealed value for another purpose does not open as a TURN credential.
+        let mut servers = vec![server(secrets.seal("provider_api_key", "webrtc.turn_servers", b"x"))];
+        assert!(matches!(
+            secrets.open_turn_credentials(&mut servers),
+            Err(SecretsError::TurnCredential { position: 1, .. })
+        ));
     }
 }

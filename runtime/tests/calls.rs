@@ -22,11 +22,13 @@ use parley_models::audio::StreamResampler;
 use parley_models::tts::{EspeakVoice, PiperVoice, TextToSpeech};
 use parley_models::vad::SileroVad;
 use parley_models::{installed_dir, BertEmbedder, WhisperOptions, WhisperStt, EMBEDDING_PACKAGE, WHISPER_GGML_FILE};
-use parley_runtime::agents::{self, Agent, AgentInput, RetrievalSettings, VoiceProvider, VoiceSettings};
+use parley_runtime::agents::{
+    self, Agent, AgentInput, AgentRetention, RetrievalSettings, VoiceProvider, VoiceSettings,
+};
 use parley_runtime::calls::{self, Call, CallEvent, CallRequest, EndReason, Speaker, VoiceEngines};
 use parley_runtime::chat::conversations::{Channel, MessageRole, StoredMessage};
 use parley_runtime::storage::Database;
-use parley_runtime::{auth, provider_keys, tenants, Runtime};
+use parley_runtime::{auth, provider_keys, recordings, tenants, Runtime};
 
 const DISCLOSURE: &str = "You are talking to an AI assistant. This call is transcribed.";
 const GREETING: &str = "Hello, this is the town library.";
@@ -115,7 +117,12 @@ async fn node(embedder: Arc<dyn parley_models::Embedder>, tweak: impl FnOnce(&mu
 
 impl Node {
     async fn agent(&self, voice: VoiceSettings) -> Agent {
+        self.agent_with(voice, None).await
+    }
+
+    async fn agent_with(&self, voice: VoiceSettings, retention: Option<AgentRetention>) -> Agent {
         let input = AgentInput {
+            retention,
             name: Some("Library".to_owned()),
             greeting: Some(GREETING.to_owned()),
             language: Some("en".to_owned()),
@@ -424,6 +431,10 @@ async fn question_and_answer(rate: u32) {
             "{record}"
         );
     }
+
+    // The agent did not opt in to recording: no audio was kept.
+    let error = recordings::wav(&node.runtime, &node.principal, conversation_id).await.unwrap_err();
+    assert_eq!(error.code(), "not_found", "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -987,5 +998,154 @@ async fn a_remote_voice_that_cannot_speak_falls_back_to_the_local_voice() {
         }
         caller.hang_up(&node.runtime).await;
         wait_for_no_calls(&node.runtime).await;
+    }
+}
+
+/// A WAV file's 16-bit PCM, checked to be 16 kHz stereo: (left, right).
+fn stereo_wav(file: &[u8]) -> (Vec<i16>, Vec<i16>) {
+    assert_eq!(&file[..4], b"RIFF");
+    assert_eq!(&file[8..16], b"WAVEfmt ");
+    let field16 = |at: usize| u16::from_le_bytes([file[at], file[at + 1]]);
+    let field32 = |at: usize| u32::from_le_bytes([file[at], file[at + 1], file[at + 2], file[at + 3]]);
+    assert_eq!(field32(4) as usize, file.len() - 8, "the RIFF size");
+    assert_eq!((field16(20), field16(22), field32(24), field16(34)), (1, 2, 16_000, 16), "PCM, stereo, 16 kHz, 16 bit");
+    assert_eq!(&file[36..40], b"data");
+    assert_eq!(field32(40) as usize, file.len() - 44, "the data size");
+    let samples: Vec<i16> = file[44..].chunks_exact(2).map(|pair| i16::from_le_bytes([pair[0], pair[1]])).collect();
+    (samples.iter().step_by(2).copied().collect(), samples.iter().skip(1).step_by(2).copied().collect())
+}
+
+async fn transcribe(models: &Models, samples: &[i16]) -> String {
+    let audio: Vec<f32> = samples.iter().map(|sample| f32::from(*sample) / 32768.0).collect();
+    let options = parley_models::stt::TranscribeOptions { language: Some("en".to_owned()), partial: None };
+    models.engines.speech_to_text.transcribe(audio.into(), options).await.unwrap().text
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// With `retention.record_audio` on, the call is recorded: one 16 kHz stereo track, the
+/// caller on the left where the caller spoke, the agent on the right as played, sealed in
+/// segments of at most ten seconds; read back as a WAV file (audited), and nowhere in the
+/// clear on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_call_is_sealed_and_reads_back_as_aligned_stereo() {
+    let Some(models) = models() else { return };
+    let node = node(models.embedder.clone(), |_| {}).await;
+    node.runtime.calls().set_engines(models.engines.clone());
+    let retention = AgentRetention { record_audio: true, ..AgentRetention::default() };
+    let agent = node.agent_with(VoiceSettings::default(), Some(retention)).await;
+    let rate = 48_000;
+    let question = speech(models, QUESTION, rate).await;
+    let call = calls::start(&node.runtime, &agent.public_id, request(rate)).await.unwrap();
+    let conversation_id = call.conversation_id;
+    let mut caller = Caller::new(call, rate);
+    caller.run_until(|caller| caller.has_caption(Speaker::Agent, "Hello")).await;
+    caller.run_until(|caller| caller.quiet_for(25)).await;
+    let asked_ms = caller.tick * 20;
+    caller.say(&question, 0);
+    caller.run_until(|caller| caller.has_caption(Speaker::Agent, "I'm sorry")).await;
+    let until = caller.tick + 50;
+    caller.run_until(|caller| caller.tick >= until).await;
+    let first_audio_tick = caller.events.iter().find(|(_, event)| matches!(event, CallEvent::Audio(_))).unwrap().0;
+    caller.hang_up(&node.runtime).await;
+    wait_for_no_calls(&node.runtime).await;
+
+    let wav = recordings::wav(&node.runtime, &node.principal, conversation_id).await.unwrap();
+    let (left, right) = stereo_wav(&wav);
+    assert_eq!(left.len(), right.len());
+    let duration_ms = left.len() as u64 / 16;
+    let called_ms = caller.tick * 20;
+    assert!(
+        duration_ms + 2_000 >= called_ms && duration_ms <= called_ms + 2_000,
+        "the recording lasts as long as the call: {duration_ms} ms for {called_ms} ms"
+    );
+
+    // The caller's side: silence until the question, then the question, where it was asked
+    // (on a busy machine either side may lag the other a little).
+    let question_ms = question.len() as u64 * 1000 / u64::from(rate);
+    let ms = |at: u64| (at * 16) as usize;
+    let onset_ms = (asked_ms.saturating_sub(2_000) / 20..duration_ms / 20)
+        .map(|window| window * 20)
+        .find(|at| rms(&left[ms(*at)..ms(at + 20)]) > 300.0)
+        .expect("the question is on the caller's channel");
+    assert!(
+        onset_ms + 1_000 >= asked_ms && onset_ms <= asked_ms + 1_500,
+        "the question starts at {onset_ms} ms in the recording, asked at {asked_ms} ms"
+    );
+    assert!(rms(&left[..ms(onset_ms.saturating_sub(500))]) < 50.0, "the caller was silent before asking");
+    let spoken = &left[ms(onset_ms.saturating_sub(300))..ms(onset_ms + question_ms + 500).min(left.len())];
+    let heard = transcribe(models, spoken).await;
+    assert!(overlap(QUESTION, &heard) >= 0.6, "the caller's channel says {heard:?}");
+
+    // The agent's side: the disclosure from its first frame, as played.
+    let first_ms = first_audio_tick * 20;
+    assert!(rms(&right[..ms(first_ms.saturating_sub(500))]) < 50.0, "nothing played before the first frame");
+    let disclosure = &right[ms(first_ms)..ms(first_ms + 6_000)];
+    let said = transcribe(models, disclosure).await;
+    assert!(overlap(DISCLOSURE, &said) >= 0.6, "the agent's channel says {said:?}");
+    let asking = &right[ms(onset_ms)..ms(onset_ms + question_ms * 3 / 4)];
+    assert!(rms(asking) < 50.0, "the agent was quiet while the caller asked: rms {}", rms(asking));
+
+    // Stored in sealed segments of at most ten seconds, in order, under the node's key.
+    let mut connection = node.runtime.database().pool().acquire().await.unwrap();
+    let segments = parley_runtime::storage::recordings::segments(
+        &mut connection,
+        node.principal.tenant_id,
+        conversation_id,
+        None,
+        100,
+    )
+    .await
+    .unwrap();
+    drop(connection);
+    assert_eq!(segments.len() as u64, duration_ms.div_ceil(10_000), "{} segments", segments.len());
+    for (index, segment) in segments.iter().enumerate() {
+        assert_eq!(segment.segment as usize, index);
+        assert_eq!(segment.start_ms, index as u64 * 10_000);
+        assert!(segment.frames <= 160_000);
+        assert_eq!(segment.key_id, node.runtime.secrets().key_id());
+    }
+
+    // The read is audited.
+    let page = node.runtime.page_request(Some(100), None).unwrap();
+    let audit = parley_runtime::audit::list(&node.runtime, &node.principal, page).await.unwrap();
+    let read = audit.items.iter().find(|entry| entry.action == "conversation.recording.read").expect("audited");
+    assert_eq!(read.target_id, conversation_id.to_string());
+
+    // No stretch of the recorded audio is anywhere on disk in the clear.
+    // The probe: 16 samples around the loudest sample of the question.
+    let from = ms(onset_ms);
+    let loudest = (from..ms(onset_ms + question_ms)).max_by_key(|index| left[*index].unsigned_abs()).unwrap();
+    let start = loudest - 8;
+    let stereo: Vec<u8> = left[start..start + 16]
+        .iter()
+        .zip(&right[start..start + 16])
+        .flat_map(|(caller, agent)| [caller.to_le_bytes(), agent.to_le_bytes()].concat())
+        .collect();
+    let mono: Vec<u8> = left[start..start + 16].iter().flat_map(|sample| sample.to_le_bytes()).collect();
+    let agent_mono: Vec<u8> =
+        right[ms(first_ms + 1_000)..ms(first_ms + 1_000) + 16].iter().flat_map(|sample| sample.to_le_bytes()).collect();
+    assert!(rms(&left[start..start + 16]) > 100.0, "the probe is speech");
+    for file in files_under(node._dir.path()) {
+        let bytes = std::fs::read(&file).unwrap();
+        for needle in [&stereo, &mono, &agent_mono] {
+            assert!(
+                !bytes.windows(needle.len()).any(|window| window == needle.as_slice()),
+                "recorded audio in the clear in {}",
+                file.display()
+            );
+        }
     }
 }

@@ -290,3 +290,76 @@ async fn serves_https_with_configured_certificate() {
     assert!(reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.map(|r| r.status() != 200).unwrap_or(true));
     node.terminate();
 }
+
+/// A TURN credential sealed with `parley secrets seal-turn-credential` opens on the node that
+/// sealed it; another node's key refuses to start, naming the setting; a credential in the clear
+/// works with a warning recommending sealing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_credentials_are_sealed_for_the_settings_and_opened_at_start_up() {
+    use std::io::Write;
+    let data_dir = tempfile::tempdir().unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let seal = |dir: &std::path::Path, input: &str| {
+        let mut child = clean_command()
+            .args(["secrets", "seal-turn-credential", "--data-dir"])
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let output = seal(data_dir.path(), "turn-secret-binary\n");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let sealed = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert!(sealed.starts_with("v1.") && !sealed.contains("turn-secret-binary"), "{sealed}");
+    let empty = seal(data_dir.path(), "");
+    assert!(!empty.status.success());
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("standard input"));
+
+    let settings = |credential: &str| {
+        let path = data_dir.path().join(format!("turn-{}.toml", credential.len()));
+        std::fs::write(
+            &path,
+            format!(
+                "[webrtc]\nturn_servers = [{{ urls = [\"turn:turn.example.net:3478\"], username = \"parley\", credential = \"{credential}\" }}]\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    // `retention run` opens the runtime as `serve` does, then exits.
+    let open = |config: &std::path::Path, dir: &std::path::Path| {
+        clean_command().args(["retention", "run", "--config"]).arg(config).arg("--data-dir").arg(dir).output().unwrap()
+    };
+    let sealed_settings = settings(&sealed);
+    let output = open(&sealed_settings, data_dir.path());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("in the clear"), "{stderr}");
+
+    // Another node's key cannot open it: start-up stops, naming the setting and the entry.
+    let output = open(&sealed_settings, other_dir.path());
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`webrtc.turn_servers` entry 1 (`credential`)"), "{stderr}");
+    assert!(!stderr.contains(&sealed), "{stderr}");
+
+    // In the clear it still works, with a warning.
+    let output = open(&settings("plain-turn-secret"), data_dir.path());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("in the clear") && stderr.contains("seal-turn-credential"), "{stderr}");
+    assert!(!stderr.contains("plain-turn-secret"), "the credential is never logged: {stderr}");
+
+    // A node serves with the sealed credential.
+    let mut node = Node::start(|command| {
+        command.arg("--config").arg(&sealed_settings).arg("--data-dir").arg(data_dir.path());
+    });
+    let base = node.base_url();
+    let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    node.terminate();
+}

@@ -49,6 +49,8 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
             crate::chat::ChatClient::connect(&server.base, agent_b["public_id"].as_str().unwrap(), None).await.unwrap();
         chat.hello(serde_json::json!({})).await["conversation_id"].as_str().unwrap().to_owned()
     };
+    // B's conversation has a recorded call, so its recording route has something to hide.
+    crate::matrix::seed_recording(&server, &tenant_b, &conversation_b, &[7; 640]).await;
     let mut walked = 0;
     // Provider keys are named, not addressed by id, and always the caller's own; token budgets
     // are set by the operator only.
@@ -75,7 +77,7 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
         );
         walked += 1;
     }
-    assert_eq!(walked, 22);
+    assert_eq!(walked, 23);
     // A's own agent with B's document id is not found either.
     let own_agent = agent_a["id"].as_str().unwrap();
     for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
@@ -128,6 +130,8 @@ async fn other_tenants_resources_are_not_found_and_unchanged(backend: Backend) {
     let after = snapshot(owner_b.clone()).await;
     assert_eq!(before, after, "tenant B changed");
     assert_eq!(server.get("/admin/v1/agents", &viewer_b).await.0, 200, "B's keys still work");
+    // The recording A could not find is there for B.
+    assert_eq!(crate::matrix::fetch_recording(&server, &viewer_b, &conversation_b).await.0, 200);
     let _: Value = after.0;
     server.stop().await;
 }

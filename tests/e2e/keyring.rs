@@ -56,7 +56,7 @@ async fn rotation_reseals_everything_without_breaking_anything(backend: Backend)
     else {
         return;
     };
-    let (_, token) = server.tenant("Rotating").await;
+    let (tenant_id, token) = server.tenant("Rotating").await;
     let agent = server.agent(&token, "Keyed").await;
     let agent_id = agent["id"].as_str().unwrap();
     let public_id = agent["public_id"].as_str().unwrap();
@@ -97,8 +97,25 @@ async fn rotation_reseals_everything_without_breaking_anything(backend: Backend)
     let mut client = ChatClient::connect(&server.base, public_id, None).await.unwrap();
     let session = client.hello(json!({})).await;
     drop(client);
+    // A recorded call in that conversation: its segment is sealed too.
+    let conversation_id = session["conversation_id"].as_str().unwrap().to_owned();
+    let audio: Vec<i16> = (0..1_600).map(|index| (index * 37 % 20_000) as i16).collect();
+    crate::matrix::seed_recording(&server, &tenant_id, &conversation_id, &audio).await;
+    let recording_key_ids = || async {
+        sqlx::query_scalar::<_, String>("SELECT key_id FROM call_recordings")
+            .fetch_all(server.runtime.database().pool())
+            .await
+            .unwrap()
+    };
+    let recording = || async {
+        let (status, wav) = crate::matrix::fetch_recording(&server, &token, &conversation_id).await;
+        assert_eq!(status, 200);
+        wav
+    };
+    let wav_before = recording().await;
 
     let old_key_id = server.runtime.secrets().key_id().to_owned();
+    assert_eq!(recording_key_ids().await, std::slice::from_ref(&old_key_id));
     let before = sealed_values(&server).await;
     assert_eq!(before.len(), 6, "{before:?}");
     assert!(before.iter().all(|sealed| sealed.starts_with(&format!("v1.{old_key_id}."))));
@@ -117,13 +134,18 @@ async fn rotation_reseals_everything_without_breaking_anything(backend: Backend)
     assert_eq!(report["previous_key_ids"], json!([old_key_id]));
     assert_eq!(
         report["resealed"],
-        json!({ "provider_keys": 1, "identity_secrets": 1, "webhook_secrets": 2, "telephony_tokens": 1 }),
+        json!({
+            "provider_keys": 1, "identity_secrets": 1, "webhook_secrets": 2, "telephony_tokens": 1,
+            "recording_segments": 1,
+        }),
         "{report}"
     );
     assert_eq!(report["unreadable"], 0);
     let after = sealed_values(&server).await;
     assert_eq!(after.len(), 6);
     assert!(after.iter().all(|sealed| sealed.starts_with(&format!("v1.{new_key_id}."))), "{after:?}");
+    assert_eq!(recording_key_ids().await, std::slice::from_ref(&new_key_id));
+    assert_eq!(recording().await, wav_before, "the recording reads back the same under the new key");
     let (_, audit) = server.get("/admin/v1/audit-log", &token).await;
     assert!(audit.to_string().contains("secrets.rotate"), "{audit}");
 
@@ -145,7 +167,10 @@ async fn rotation_reseals_everything_without_breaking_anything(backend: Backend)
     assert_eq!(again["generated"], false);
     assert_eq!(
         again["resealed"],
-        json!({ "provider_keys": 0, "identity_secrets": 0, "webhook_secrets": 0, "telephony_tokens": 0 })
+        json!({
+            "provider_keys": 0, "identity_secrets": 0, "webhook_secrets": 0, "telephony_tokens": 0,
+            "recording_segments": 0,
+        })
     );
 
     // The key file holds the new key first and the old one after it; a restart reads both,

@@ -23,7 +23,8 @@ both_backends!(
     erasure_racing_an_answer_being_written,
     fine_tuning_needs_the_opt_in_and_is_redacted,
     bad_requests_and_tenant_erasure,
-    expired_archives_are_deleted
+    expired_archives_are_deleted,
+    recorded_calls_are_listed_in_exports_and_go_with_every_erasure
 );
 
 async fn expired_archives_are_deleted(backend: Backend) {
@@ -647,5 +648,103 @@ async fn the_export_command_downloads_a_checked_archive() {
         .unwrap();
     assert!(String::from_utf8_lossy(&result.stderr).contains("model_improvement_off"), "{result:?}");
     assert!(!missing.exists());
+    server.stop().await;
+}
+
+/// Rows of `call_recordings` a tenant has, by SQL.
+async fn recording_rows(server: &TestServer, tenant_id: &str) -> i64 {
+    use sqlx::Row;
+    sqlx::query("SELECT COUNT(*) AS n FROM call_recordings WHERE tenant_id = $1")
+        .bind(tenant_id)
+        .fetch_one(server.runtime.database().pool())
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap()
+}
+
+/// A tenant export lists recorded calls (the audio itself stays sealed in the database); an
+/// erasure of a conversation, an end user, an agent or the tenant removes their recordings.
+async fn recorded_calls_are_listed_in_exports_and_go_with_every_erasure(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let (tenant_id, owner) = server.tenant("Recorded").await;
+    let first = server.agent(&owner, "First").await;
+    let second = server.agent(&owner, "Second").await;
+    let by_conversation = chat(&server, &first, "visitor-recorded-01", &["hello"]).await;
+    let by_visitor = chat(&server, &first, "visitor-recorded-02", &["hello"]).await;
+    let by_agent = chat(&server, &second, "visitor-recorded-03", &["hello"]).await;
+    let audio = vec![1_234_i16; 32_000];
+    for conversation in [&by_conversation, &by_visitor, &by_agent] {
+        crate::matrix::seed_recording(&server, &tenant_id, conversation, &audio).await;
+    }
+    // A recording whose middle segment could not be stored: the gap is silence in the file.
+    let tenant = uuid::Uuid::parse_str(&tenant_id).unwrap();
+    let conversation = uuid::Uuid::parse_str(&by_agent).unwrap();
+    let tail = vec![-4_321_i16; 3_200];
+    parley_runtime::recordings::store_segment(&server.runtime, tenant, conversation, 2, 320_000, &tail).await.unwrap();
+    assert_eq!(recording_rows(&server, &tenant_id).await, 4);
+    let response = server
+        .client
+        .get(format!("{}/admin/v1/conversations/{by_agent}/recording", server.base))
+        .bearer_auth(&owner)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "audio/wav");
+    let length: usize = response.headers()["content-length"].to_str().unwrap().parse().unwrap();
+    let wav = response.bytes().await.unwrap();
+    assert_eq!(wav.len(), length);
+    assert_eq!(wav.len(), 44 + (320_000 + 1_600) * 4, "20 s before the last segment, then its 100 ms");
+    let sample = |frame: usize, channel: usize| {
+        let at = 44 + frame * 4 + channel * 2;
+        i16::from_le_bytes([wav[at], wav[at + 1]])
+    };
+    assert_eq!((sample(0, 0), sample(15_999, 1)), (1_234, 1_234), "the first second as stored");
+    assert!((16_000..320_000).all(|frame| sample(frame, 0) == 0 && sample(frame, 1) == 0), "the gap is silence");
+    assert_eq!((sample(320_000, 0), sample(321_599, 1)), (-4_321, -4_321), "the last segment in its place");
+
+    let job = export(&server, &owner, json!({ "scope": "tenant" })).await;
+    let files = download(&server, &owner, &job).await;
+    check_archive(&files);
+    let listed: Vec<Value> = records(&files, "recordings.ndjson");
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let entry = listed.iter().find(|entry| entry["conversation_id"] == by_conversation.as_str()).unwrap();
+    assert_eq!(
+        *entry,
+        json!({
+            "conversation_id": by_conversation,
+            "segments": 1,
+            "duration_ms": 1000,
+            "sample_rate": 16000,
+            "channels": 2,
+            "download_path": format!("/admin/v1/conversations/{by_conversation}/recording"),
+        })
+    );
+    let gapped = listed.iter().find(|entry| entry["conversation_id"] == by_agent.as_str()).unwrap();
+    assert_eq!((gapped["segments"].as_u64(), gapped["duration_ms"].as_u64()), (Some(2), Some(20_100)), "{gapped}");
+    assert!(!files.keys().any(|name| name.ends_with(".wav")), "no audio is copied into an archive");
+
+    for (subject, conversation, left) in [
+        (json!({ "conversation_id": by_conversation }), &by_conversation, 3),
+        (json!({ "visitor_id": "visitor-recorded-02" }), &by_visitor, 2),
+        (json!({ "agent_id": second["id"] }), &by_agent, 0),
+    ] {
+        let (status, receipt) = server.post("/admin/v1/erasures", &owner, json!({ "subject": subject })).await;
+        assert_eq!(status, 200, "{receipt}");
+        let segments = if *conversation == by_agent { 2 } else { 1 };
+        assert_eq!(receipt["counts"]["recording_segments"], segments, "{subject}: {receipt}");
+        let (status, _) = server.get(&format!("/admin/v1/conversations/{conversation}/recording"), &owner).await;
+        assert_eq!(status, 404);
+        assert_eq!(recording_rows(&server, &tenant_id).await, left, "{subject}");
+    }
+
+    // A tenant erasure takes every recording of the tenant.
+    let kept = chat(&server, &first, "visitor-recorded-04", &["hello"]).await;
+    crate::matrix::seed_recording(&server, &tenant_id, &kept, &audio).await;
+    let (status, receipt) = server.post("/admin/v1/erasures", &owner, json!({ "subject": { "tenant": true } })).await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(receipt["counts"]["recording_segments"], 1, "{receipt}");
+    assert_eq!(recording_rows(&server, &tenant_id).await, 0);
     server.stop().await;
 }

@@ -33,6 +33,8 @@ pub enum Case {
     ReplaceDocument,
     Search,
     ConversationTarget,
+    /// A conversation with a recorded call.
+    RecordingTarget,
     SetProviderKey,
     ProviderKeyTarget,
     SetTelephony,
@@ -71,6 +73,29 @@ pub async fn ready_export(server: &TestServer, token: &str) -> String {
 pub async fn conversation(server: &TestServer, public_id: &str, visitor_id: &str) -> String {
     let mut chat = crate::chat::ChatClient::connect(&server.base, public_id, None).await.unwrap();
     chat.hello(json!({ "visitor_id": visitor_id })).await["conversation_id"].as_str().unwrap().to_owned()
+}
+
+/// Stores `samples` (interleaved 16 kHz stereo) as a conversation's recorded call, sealed as a
+/// recording call stores it.
+pub async fn seed_recording(server: &TestServer, tenant_id: &str, conversation_id: &str, samples: &[i16]) {
+    let tenant_id = uuid::Uuid::parse_str(tenant_id).unwrap();
+    let conversation_id = uuid::Uuid::parse_str(conversation_id).unwrap();
+    parley_runtime::recordings::store_segment(&server.runtime, tenant_id, conversation_id, 0, 0, samples)
+        .await
+        .unwrap();
+}
+
+/// Fetches a conversation's recording through the admin API: (status, body).
+pub async fn fetch_recording(server: &TestServer, token: &str, conversation_id: &str) -> (u16, Vec<u8>) {
+    let response = server
+        .client
+        .get(format!("{}/admin/v1/conversations/{conversation_id}/recording", server.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.bytes().await.unwrap().to_vec())
 }
 
 /// The public id of an agent.
@@ -131,6 +156,12 @@ pub fn routes() -> Vec<Route> {
             Method::GET,
             "/admin/v1/conversations/{conversation_id}",
             ConversationTarget,
+            &["owner", "admin", "viewer"],
+        ),
+        route(
+            Method::GET,
+            "/admin/v1/conversations/{conversation_id}/recording",
+            RecordingTarget,
             &["owner", "admin", "viewer"],
         ),
         route(Method::GET, "/admin/v1/provider-keys", Plain, READERS),
@@ -199,6 +230,7 @@ pub fn body(case: Case) -> Option<Value> {
         | Case::ViewerKeyTarget
         | Case::OwnerKeyTarget
         | Case::ConversationTarget
+        | Case::RecordingTarget
         | Case::ExportTarget
         | Case::ErasureTarget => None,
     }
@@ -225,13 +257,17 @@ async fn every_role_on_every_route(backend: Backend) {
             } else {
                 String::new()
             };
-            let conversation_id = if route.case == Case::ConversationTarget {
+            let conversation_id = if matches!(route.case, Case::ConversationTarget | Case::RecordingTarget) {
                 let public_id = server.get(&format!("/admin/v1/agents/{agent_id}"), &owner).await.1["public_id"]
                     .as_str()
                     .unwrap()
                     .to_owned();
                 let mut chat = crate::chat::ChatClient::connect(&server.base, &public_id, None).await.unwrap();
-                chat.hello(json!({})).await["conversation_id"].as_str().unwrap().to_owned()
+                let conversation_id = chat.hello(json!({})).await["conversation_id"].as_str().unwrap().to_owned();
+                if route.case == Case::RecordingTarget {
+                    seed_recording(&server, &tenant_id, &conversation_id, &[0; 320]).await;
+                }
+                conversation_id
             } else {
                 String::new()
             };

@@ -12,7 +12,8 @@ use crate::common::{clean_command, Backend, TestServer};
 both_backends!(
     expired_transcripts_and_audit_entries_are_deleted,
     zero_days_store_no_text,
-    redacted_tier_stores_no_personal_data
+    redacted_tier_stores_no_personal_data,
+    recorded_audio_expires_by_its_own_window
 );
 
 async fn chat_once(server: &TestServer, agent: &Value, text: &str) -> String {
@@ -270,5 +271,90 @@ async fn a_sweep_killed_at_any_point_leaves_nothing_half_deleted(backend: Backen
     }
     eprintln!("retention sweep killed {kills} times before it finished");
     assert!(kills >= 2, "the sweep was killed mid-way at least twice ({kills})");
+    server.stop().await;
+}
+
+/// Recorded call audio is swept by its own window (the agent's `audio_days`, else the
+/// tenant's), counted in the report and the audit log, idempotently; the transcripts stay, and
+/// the deleted audio is nowhere in the SQLite file or its log.
+async fn recorded_audio_expires_by_its_own_window(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let (tenant_id, token) = server.tenant("Recorder").await;
+    let windows = json!({ "transcript_days": 90, "audio_days": 5, "analytics_days": 365, "audit_days": 730 });
+    let (status, _) = server.call(reqwest::Method::PUT, "/admin/v1/retention", Some(&token), Some(windows)).await;
+    assert_eq!(status, 200);
+    let (status, short) = server
+        .post(
+            "/admin/v1/agents",
+            &token,
+            json!({ "name": "Short audio", "retention": { "record_audio": true, "audio_days": 2, "storage_tier": "full" } }),
+        )
+        .await;
+    assert_eq!(status, 201, "{short}");
+    let (status, tenant_window) = server
+        .post(
+            "/admin/v1/agents",
+            &token,
+            json!({ "name": "Tenant audio", "retention": { "record_audio": true, "storage_tier": "full" } }),
+        )
+        .await;
+    assert_eq!(status, 201, "{tenant_window}");
+    let short_conversation = chat_once(&server, &short, "a recorded question").await;
+    let tenant_conversation = chat_once(&server, &tenant_window, "another recorded question").await;
+    // A recognisable stretch of audio: a counting pattern no other data holds.
+    let audio: Vec<i16> = (0..3_200).map(|index| ((index * 7919) % 30_000 - 15_000) as i16).collect();
+    crate::matrix::seed_recording(&server, &tenant_id, &short_conversation, &audio).await;
+    crate::matrix::seed_recording(&server, &tenant_id, &tenant_conversation, &audio).await;
+    let fetch = |conversation: String| {
+        let (server, token) = (&server, token.clone());
+        async move { crate::matrix::fetch_recording(server, &token, &conversation).await.0 }
+    };
+    assert_eq!(fetch(short_conversation.clone()).await, 200);
+    let written = OffsetDateTime::now_utc();
+
+    // Inside both windows nothing goes.
+    let report = parley_runtime::retention::sweep(&server.runtime, written + Duration::days(2) - Duration::minutes(1))
+        .await
+        .unwrap();
+    assert_eq!(report.recording_segments, 0, "{report:?}");
+
+    // Past the agent's two days its recording goes; the other follows the tenant's five.
+    let report = parley_runtime::retention::sweep(&server.runtime, written + Duration::days(2) + Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!((report.recording_segments, report.conversations), (1, 0), "{report:?}");
+    assert_eq!(fetch(short_conversation.clone()).await, 404);
+    assert_eq!(fetch(tenant_conversation.clone()).await, 200);
+    let (status, _) = server.get(&format!("/admin/v1/conversations/{short_conversation}"), &token).await;
+    assert_eq!(status, 200, "the transcript keeps its own window");
+    let (_, audit) = server.get("/admin/v1/audit-log?limit=200", &token).await;
+    let sweep = audit["items"].as_array().unwrap().iter().find(|entry| entry["action"] == "retention.sweep").unwrap();
+    assert_eq!(
+        sweep["details"],
+        json!({ "agent_id": short["id"], "recording_segments": 1, "recorded_conversations": 1 })
+    );
+
+    // Running again deletes and records nothing.
+    let audit_entries = server.audit_count(&token).await;
+    let report = parley_runtime::retention::sweep(&server.runtime, written + Duration::days(2) + Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(report.recording_segments, 0);
+    assert_eq!(server.audit_count(&token).await, audit_entries);
+
+    let report = parley_runtime::retention::sweep(&server.runtime, written + Duration::days(5) + Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(report.recording_segments, 1, "{report:?}");
+    assert_eq!(fetch(tenant_conversation.clone()).await, 404);
+
+    if backend == Backend::Sqlite {
+        let needle: Vec<u8> = audio[1_000..1_016].iter().flat_map(|sample| sample.to_le_bytes()).collect();
+        for file in ["parley.db", "parley.db-wal"] {
+            if let Ok(bytes) = std::fs::read(server.data_dir.path().join(file)) {
+                assert!(!bytes.windows(needle.len()).any(|window| window == needle), "audio left in {file}");
+            }
+        }
+    }
     server.stop().await;
 }

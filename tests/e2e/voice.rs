@@ -117,6 +117,11 @@ impl VoiceNode {
     /// A tenant with one voice agent (answering from a document about returns); returns the
     /// agent's public id.
     async fn voice_agent(&mut self, voice: Value, allowed_origins: Value) -> String {
+        self.voice_agent_with(voice, allowed_origins, None).await
+    }
+
+    /// Like `voice_agent`, with the agent's retention settings.
+    async fn voice_agent_with(&mut self, voice: Value, allowed_origins: Value, retention: Option<Value>) -> String {
         let (status, tenant) =
             self.call(reqwest::Method::POST, "/admin/v1/tenants", OPERATOR_KEY, Some(json!({ "name": "Voice" }))).await;
         assert_eq!(status, 201, "{tenant}");
@@ -127,7 +132,12 @@ impl VoiceNode {
                 reqwest::Method::POST,
                 "/admin/v1/agents",
                 &token,
-                Some(json!({ "name": "Voice agent", "voice": voice, "allowed_origins": allowed_origins })),
+                Some(match retention {
+                    Some(retention) => json!({
+                        "name": "Voice agent", "voice": voice, "allowed_origins": allowed_origins, "retention": retention,
+                    }),
+                    None => json!({ "name": "Voice agent", "voice": voice, "allowed_origins": allowed_origins }),
+                }),
             )
             .await;
         assert_eq!(status, 201, "{agent}");
@@ -142,6 +152,21 @@ impl VoiceNode {
             .await;
         assert_eq!(status, 201, "{document}");
         agent["public_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Stores the tenant's Twilio credentials; returns the account SID and the answer.
+    async fn store_twilio_credentials(&self) -> (String, Value) {
+        let account_sid = format!("AC{}", "0123456789abcdef".repeat(2));
+        let (status, stored) = self
+            .call(
+                reqwest::Method::PUT,
+                "/admin/v1/telephony/twilio",
+                &self.token,
+                Some(json!({ "account_sid": account_sid, "auth_token": TWILIO_TOKEN })),
+            )
+            .await;
+        assert_eq!(status, 200, "{stored}");
+        (account_sid, stored)
     }
 
     fn stop(mut self) {
@@ -818,6 +843,44 @@ fn twilio_signature(url: &str) -> String {
     STANDARD.encode(mac.finalize().into_bytes())
 }
 
+/// Twilio's first two events on a stream: `connected`, then `start` (μ-law at 8 kHz).
+fn start_events(account_sid: &str, stream_sid: &str, parameters: Value) -> [Value; 2] {
+    [
+        json!({ "event": "connected", "protocol": "Call", "version": "1.0.0" }),
+        json!({
+            "event": "start", "sequenceNumber": "1", "streamSid": stream_sid,
+            "start": {
+                "accountSid": account_sid, "streamSid": stream_sid, "callSid": "CA0001", "tracks": ["inbound"],
+                "customParameters": parameters,
+                "mediaFormat": { "encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1 }
+            }
+        }),
+    ]
+}
+
+/// Sends `codes` (μ-law at 8 kHz) as Twilio `media` events in real time, 20 ms each; the task
+/// gives the writer back when done (or when the stream closed).
+fn send_media<W>(mut writer: W, codes: Vec<u8>, stream_sid: &'static str) -> tokio::task::JoinHandle<W>
+where
+    W: futures::Sink<tungstenite::Message> + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut clock = tokio::time::interval(Duration::from_millis(20));
+        for (chunk_index, chunk) in codes.chunks(160).enumerate() {
+            clock.tick().await;
+            let media = json!({
+                "event": "media", "sequenceNumber": (chunk_index + 2).to_string(), "streamSid": stream_sid,
+                "media": { "track": "inbound", "chunk": (chunk_index + 1).to_string(),
+                           "timestamp": (chunk_index * 20).to_string(), "payload": STANDARD.encode(chunk) }
+            });
+            if writer.send(tungstenite::Message::Text(media.to_string().into())).await.is_err() {
+                break;
+            }
+        }
+        writer
+    })
+}
+
 /// Connects like Twilio does: a WebSocket with `X-Twilio-Signature` over the URL it was given.
 async fn twilio_connect(
     base: &str,
@@ -845,16 +908,7 @@ async fn twilio_stream_is_signed_heard_and_answered_in_mulaw() {
     // Without stored credentials, nothing is accepted.
     assert_eq!(twilio_connect(&node.base, &public_id, Some(twilio_signature(&signed_url))).await.err(), Some(403));
     let token = node.token.clone();
-    let account_sid = format!("AC{}", "0123456789abcdef".repeat(2));
-    let (status, stored) = node
-        .call(
-            reqwest::Method::PUT,
-            "/admin/v1/telephony/twilio",
-            &token,
-            Some(json!({ "account_sid": account_sid, "auth_token": TWILIO_TOKEN })),
-        )
-        .await;
-    assert_eq!(status, 200, "{stored}");
+    let (account_sid, stored) = node.store_twilio_credentials().await;
     assert!(!stored.to_string().contains(TWILIO_TOKEN), "the token is never returned: {stored}");
     // A wrong or missing signature is refused before the upgrade.
     assert_eq!(twilio_connect(&node.base, &public_id, None).await.err(), Some(403));
@@ -867,37 +921,14 @@ async fn twilio_stream_is_signed_heard_and_answered_in_mulaw() {
 
     let mut socket = twilio_connect(&node.base, &public_id, Some(twilio_signature(&signed_url))).await.unwrap();
     let send = |value: Value| tungstenite::Message::Text(value.to_string().into());
-    socket.send(send(json!({ "event": "connected", "protocol": "Call", "version": "1.0.0" }))).await.unwrap();
-    socket
-        .send(send(json!({
-            "event": "start", "sequenceNumber": "1", "streamSid": "MZ0001",
-            "start": {
-                "accountSid": account_sid, "streamSid": "MZ0001", "callSid": "CA0001", "tracks": ["inbound"],
-                "customParameters": { "From": "+15550100" },
-                "mediaFormat": { "encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1 }
-            }
-        })))
-        .await
-        .unwrap();
+    for event in start_events(&account_sid, "MZ0001", json!({ "From": "+15550100" })) {
+        socket.send(send(event)).await.unwrap();
+    }
     let (speech, rate) = synthesise(QUESTION);
     let mut codes = parley_channels::voice::mulaw::encode(&resample(&speech, rate, 8_000));
     codes.extend(std::iter::repeat_n(0xFF, 8_000 * 2));
-    let (mut writer, mut reader) = socket.split();
-    let sender = tokio::spawn(async move {
-        let mut clock = tokio::time::interval(Duration::from_millis(20));
-        for (chunk_index, chunk) in codes.chunks(160).enumerate() {
-            clock.tick().await;
-            let media = json!({
-                "event": "media", "sequenceNumber": (chunk_index + 2).to_string(), "streamSid": "MZ0001",
-                "media": { "track": "inbound", "chunk": (chunk_index + 1).to_string(),
-                           "timestamp": (chunk_index * 20).to_string(), "payload": STANDARD.encode(chunk) }
-            });
-            if writer.send(tungstenite::Message::Text(media.to_string().into())).await.is_err() {
-                break;
-            }
-        }
-        writer
-    });
+    let (writer, mut reader) = socket.split();
+    let sender = send_media(writer, codes, "MZ0001");
     // The agent speaks (the disclosure, then the answer) as μ-law media events on this stream.
     let (mut loud_frames, mut marks) = (0usize, 0usize);
     let deadline = Instant::now() + ANSWER_TIMEOUT;
@@ -997,4 +1028,190 @@ async fn twilio_stream_is_signed_heard_and_answered_in_mulaw() {
     let (status, health) = node.call(reqwest::Method::GET, "/healthz", "", None).await;
     assert_eq!(status, 200, "{health}");
     node.stop();
+}
+
+/// Sends a signed Twilio stream's `connected` and `start` events, then `codes` (μ-law at
+/// 8 kHz) in real time; reads the agent's audio until `loud` loud frames came, then stops the
+/// stream and waits for the node to close it.
+async fn twilio_call(node: &mut VoiceNode, public_id: &str, account_sid: &str, codes: Vec<u8>, loud: usize) {
+    let signed_url = format!("{}/v1/agents/{public_id}/phone/twilio", PUBLIC_URL.replacen("https://", "wss://", 1));
+    let socket = twilio_connect(&node.base, public_id, Some(twilio_signature(&signed_url))).await.unwrap();
+    let send = |value: Value| tungstenite::Message::Text(value.to_string().into());
+    let (mut writer, mut reader) = socket.split();
+    for event in start_events(account_sid, "MZ0002", json!({})) {
+        writer.send(send(event)).await.unwrap();
+    }
+    let sender = send_media(writer, codes, "MZ0002");
+    let mut loud_frames = 0;
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    while loud_frames < loud {
+        let message = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), reader.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {loud_frames} loud frames of agent audio"))
+            .expect("the stream closed")
+            .unwrap();
+        let tungstenite::Message::Text(text) = message else { continue };
+        let event: Value = serde_json::from_str(text.as_str()).unwrap();
+        if event["event"] == "media" {
+            let codes = STANDARD.decode(event["media"]["payload"].as_str().unwrap()).unwrap();
+            if rms(&parley_channels::voice::mulaw::decode(&codes)) > 300.0 {
+                loud_frames += 1;
+            }
+        }
+    }
+    let mut writer = sender.await.unwrap();
+    let stop = json!({ "event": "stop", "sequenceNumber": "9999", "streamSid": "MZ0002",
+                       "stop": { "accountSid": account_sid, "callSid": "CA0001" } });
+    writer.send(send(stop)).await.unwrap();
+    while let Some(Ok(message)) = reader.next().await {
+        if matches!(message, tungstenite::Message::Close(_)) {
+            break;
+        }
+    }
+}
+
+/// Whisper tiny.en from the model cache, loaded in the test for checking what was recorded.
+fn whisper() -> parley_models::WhisperStt {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let dir = parley_models::installed_dir(&home.join(".cache/parley/models"), &parley_models::WHISPER_TINY_EN_PACKAGE)
+        .unwrap();
+    parley_models::WhisperStt::load(
+        &dir.join(parley_models::WHISPER_GGML_FILE),
+        parley_models::WhisperOptions::default(),
+    )
+    .unwrap()
+}
+
+async fn transcribe(whisper: &parley_models::WhisperStt, samples: &[i16]) -> String {
+    use parley_models::SpeechToText;
+    let audio: Vec<f32> = samples.iter().map(|sample| f32::from(*sample) / 32768.0).collect();
+    let options = parley_models::TranscribeOptions { language: Some("en".to_owned()), partial: None };
+    whisper.transcribe(audio.into(), options).await.unwrap().text.to_lowercase()
+}
+
+/// Three 32-sample stretches (64 bytes) around the loudest samples of three parts of `samples`.
+fn loud_probes(samples: &[i16]) -> Vec<Vec<u8>> {
+    let third = samples.len() / 3;
+    (0..3)
+        .map(|part| {
+            let range = part * third + 16..(part + 1) * third - 16;
+            let loudest = range.max_by_key(|index| samples[*index].unsigned_abs()).unwrap();
+            pcm_bytes(&samples[loudest - 16..loudest + 16])
+        })
+        .collect()
+}
+
+/// An agent that records calls: a phone call's recording comes back from the admin API as a
+/// 16 kHz stereo WAV file whose left channel says what the caller said and whose right channel
+/// holds the agent's voice; on disk the audio is only ever sealed — no stretch of it, no
+/// container, in any file of the data or temporary directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_call_comes_back_as_wav_and_is_sealed_on_disk() {
+    if !voice_models_installed() {
+        return;
+    }
+    let mut node = VoiceNode::start();
+    let retention = json!({ "record_audio": true, "audio_days": 7, "storage_tier": "full" });
+    let public_id = node.voice_agent_with(json!({ "enabled": true }), json!([]), Some(retention)).await;
+    let token = node.token.clone();
+    let (account_sid, _) = node.store_twilio_credentials().await;
+    let (speech, rate) = synthesise(QUESTION);
+    let mut codes = vec![0xFF; 8_000 * 7];
+    codes.extend(parley_channels::voice::mulaw::encode(&resample(&speech, rate, 8_000)));
+    codes.extend(std::iter::repeat_n(0xFF, 8_000 * 2));
+    twilio_call(&mut node, &public_id, &account_sid, codes, 150).await;
+
+    let (status, conversations) =
+        node.call(reqwest::Method::GET, "/admin/v1/conversations?channel=phone", &token, None).await;
+    assert_eq!(status, 200, "{conversations}");
+    let conversation_id = conversations["items"][0]["id"].as_str().unwrap().to_owned();
+    let url = format!("{}/admin/v1/conversations/{conversation_id}/recording", node.base);
+    let response = reqwest::Client::new().get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "audio/wav");
+    let wav = response.bytes().await.unwrap().to_vec();
+    assert_eq!(&wav[..4], b"RIFF");
+    assert_eq!(&wav[8..16], b"WAVEfmt ");
+    let field16 = |at: usize| u16::from_le_bytes([wav[at], wav[at + 1]]);
+    let field32 = |at: usize| u32::from_le_bytes(wav[at..at + 4].try_into().unwrap());
+    assert_eq!((field16(20), field16(22), field32(24), field16(34)), (1, 2, 16_000, 16), "16 kHz stereo PCM");
+    assert_eq!(&wav[36..40], b"data");
+    assert_eq!(field32(40) as usize, wav.len() - 44);
+    let samples: Vec<i16> = wav[44..].chunks_exact(2).map(|pair| i16::from_le_bytes([pair[0], pair[1]])).collect();
+    let left: Vec<i16> = samples.iter().step_by(2).copied().collect();
+    let right: Vec<i16> = samples.iter().skip(1).step_by(2).copied().collect();
+    assert!(left.len() > 16_000 * 9, "the whole call was recorded: {} samples", left.len());
+
+    // The caller's channel: silent for the first seconds, then the question, in words.
+    assert!(rms(&left[..16_000 * 6]) < 100.0, "the caller was silent first: {}", rms(&left[..16_000 * 6]));
+    let speech_samples = speech.len() * 16_000 / rate as usize;
+    let asked = &left[16_000 * 6..(16_000 * 8 + speech_samples).min(left.len())];
+    let whisper = whisper();
+    let heard = transcribe(&whisper, asked).await;
+    assert!(heard.contains("return") && heard.contains("days"), "the caller's channel says {heard:?}");
+    // The agent's channel: the disclosure while the caller was silent.
+    let said = transcribe(&whisper, &right[..16_000 * 7]).await;
+    assert!(said.contains("assistant") || said.contains("transcribed"), "the agent's channel says {said:?}");
+
+    // The read is audited.
+    let (_, audit) = node.call(reqwest::Method::GET, "/admin/v1/audit-log?limit=50", &token, None).await;
+    assert!(audit.to_string().contains("conversation.recording.read"), "{audit}");
+
+    // Nothing of it in the clear on disk: no container, no stretch of either channel.
+    let mut clips = loud_probes(asked);
+    clips.extend(loud_probes(&right[..16_000 * 7]));
+    clips.retain(|clip| {
+        let samples: Vec<i16> = clip.chunks_exact(2).map(|pair| i16::from_le_bytes([pair[0], pair[1]])).collect();
+        rms(&samples) > 1_000.0
+    });
+    assert!(clips.len() >= 4, "loud stretches of both sides to look for: {}", clips.len());
+    // And as the track holds them: both channels interleaved, around the loudest moments.
+    for range in [16_000 * 6..left.len().min(16_000 * 8 + speech_samples), 0..16_000 * 7] {
+        let loudest = range.clone().max_by_key(|index| left[*index].unsigned_abs().max(right[*index].unsigned_abs()));
+        let at = loudest.unwrap().clamp(range.start + 8, range.end - 8);
+        clips.push(pcm_bytes(&samples[2 * (at - 8)..2 * (at + 8)]));
+    }
+    for root in [node.data_dir.path(), node.temp_dir.path()] {
+        for path in snapshot(root).keys() {
+            let bytes = std::fs::read(path).unwrap_or_default();
+            assert!(!bytes.windows(8).any(|window| window == b"WAVEfmt "), "{path:?} holds a WAV file");
+            for clip in &clips {
+                assert!(
+                    !bytes.windows(clip.len()).any(|window| window == clip.as_slice()),
+                    "{path:?} holds call audio"
+                );
+            }
+        }
+    }
+    node.stop();
+}
+
+/// A sealed TURN credential is opened at start-up, and the opened credential is what the WebRTC
+/// ICE configuration of every call gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_turn_credential_reaches_the_ice_configuration() {
+    let key = [42u8; parley_runtime::secrets::KEY_LEN];
+    let sealed = parley_runtime::secrets::Secrets::from_key(key).seal_turn_credential("turn-secret-in-process");
+    let server = crate::common::TestServer::start_with(crate::common::Backend::Sqlite, |settings| {
+        settings.secrets.key = Some(STANDARD.encode(key));
+        settings.webrtc.turn_servers = vec![
+            parley_config::TurnServer {
+                urls: vec!["turn:turn.example.net:3478".to_owned()],
+                username: "parley".to_owned(),
+                credential: sealed.clone(),
+            },
+            parley_config::TurnServer {
+                urls: vec!["turns:turn.example.net:5349".to_owned()],
+                username: "plain".to_owned(),
+                credential: "plain-credential".to_owned(),
+            },
+        ];
+    })
+    .await
+    .unwrap();
+    let servers = parley_channels::voice::whip::ice_servers(&server.runtime.settings().webrtc);
+    let credentials: Vec<(&str, &str)> =
+        servers.iter().map(|server| (server.username.as_str(), server.credential.as_str())).collect();
+    assert_eq!(credentials, [("parley", "turn-secret-in-process"), ("plain", "plain-credential")]);
+    server.stop().await;
 }

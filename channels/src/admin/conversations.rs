@@ -1,9 +1,15 @@
 //! `/admin/v1/conversations`: transcripts — every message with its role, text, time,
-//! citations, model and timings, and for spoken messages their place in the call and language.
+//! citations, model and timings, and for spoken messages their place in the call and language —
+//! and recorded calls as WAV files.
 
+use axum::body::Body;
 use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures::TryStreamExt;
 use parley_runtime::chat::conversations::{self, Channel, Conversation, ConversationFilter, StoredMessage};
+use parley_runtime::recordings;
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -177,4 +183,40 @@ pub async fn get(
         conversation: conversation.into(),
         messages: messages.into_iter().map(MessageResponse::from).collect(),
     }))
+}
+
+/// A call's recording as one WAV file: 16-bit PCM at 16 kHz, left channel the caller, right
+/// channel the agent as the caller heard it. Only calls with agents that record audio
+/// (`retention.record_audio`) have one, kept for the agent's (else the tenant's) `audio_days`.
+/// Every read is recorded in the audit log.
+#[utoipa::path(get, path = "/admin/v1/conversations/{conversation_id}/recording", tag = "conversations",
+    params(("conversation_id" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, description = "The recording (RIFF WAVE, 16 kHz stereo)", content_type = "audio/wav"),
+        (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+pub async fn recording(
+    State(state): State<AppState>,
+    TenantKey(principal): TenantKey,
+    Path(conversation_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let conversation_id = parse_id(&conversation_id, "conversation")?;
+    let reader = recordings::open(&state.runtime, &principal, conversation_id).await?;
+    let length = reader.byte_len();
+    // One segment in memory at a time, however long the call was.
+    let chunks = futures::stream::try_unfold(reader, |mut reader| async move {
+        Ok::<_, parley_runtime::Error>(reader.next_chunk().await?.map(|chunk| (chunk, reader)))
+    })
+    .inspect_err(move |error| {
+        tracing::error!(%conversation_id, code = error.code(), %error, "a recording could not be read to the end");
+    });
+    let mut response = Body::from_stream(chunks).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("audio/wav"));
+    headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
+    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    if let Ok(value) =
+        header::HeaderValue::from_str(&format!("attachment; filename=\"parley-call-{conversation_id}.wav\""))
+    {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
 }

@@ -32,7 +32,7 @@ pub struct ErasureReceiptResponse {
     pub subject_kind: String,
     /// The erased conversation's or agent's id.
     pub target_id: Option<String>,
-    /// Items removed per store: `conversations`, `messages`, `documents`, `agents`,
+    /// Items removed per store: `conversations`, `messages`, `recording_segments`, `documents`, `agents`,
     /// `export_archives`, `live_turns_cancelled`, `index_compactions`, …
     pub counts: BTreeMap<String, u64>,
     pub started_at: String,

@@ -40,6 +40,8 @@ pub struct ResealedCounts {
     pub webhook_secrets: u64,
     /// Phone providers' auth tokens.
     pub telephony_tokens: u64,
+    /// Segments of recorded call audio.
+    pub recording_segments: u64,
 }
 
 impl From<RotationReport> for RotateResponse {
@@ -53,6 +55,7 @@ impl From<RotationReport> for RotateResponse {
                 identity_secrets: report.identity_secrets,
                 webhook_secrets: report.webhook_secrets,
                 telephony_tokens: report.telephony_tokens,
+                recording_segments: report.recording_segments,
             },
             unreadable: report.unreadable,
         }

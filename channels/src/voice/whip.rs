@@ -289,7 +289,9 @@ fn opus_capability() -> RTCRtpCodecCapability {
     }
 }
 
-fn ice_servers(settings: &WebrtcSettings) -> Vec<RTCIceServer> {
+/// The ICE servers every call's peer connection is configured with: the STUN servers, and the
+/// TURN servers with their credentials (opened at start-up when they were sealed).
+pub fn ice_servers(settings: &WebrtcSettings) -> Vec<RTCIceServer> {
     let mut servers = Vec::new();
     if !settings.stun_servers.is_empty() {
         servers.push(RTCIceServer { urls: settings.stun_servers.clone(), ..Default::default() });

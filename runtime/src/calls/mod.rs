@@ -20,8 +20,11 @@
 //! own audio coming back (echo) is recognised by cross-correlation with what was played
 //! (`echo`) and, failing that, by its words.
 //!
-//! No audio is kept: caller audio lives in memory until it is transcribed, agent audio until
-//! it is played; neither is logged or written anywhere.
+//! No audio is kept unless the agent opts in to recording (`retention.record_audio`): caller
+//! audio lives in memory until it is transcribed, agent audio until it is played; neither is
+//! logged or written anywhere. With recording on, both sides are also fed to a
+//! `recordings::Recorder`, which stores them sealed (AES-256-GCM) in segments, under the
+//! agent's audio retention window.
 
 mod echo;
 mod pipeline;

@@ -26,6 +26,7 @@ use crate::chat::conversations::{StoredMessage, Utterance, VoiceTimings};
 use crate::chat::engine::{self, Submitted, TurnEvent, UserMessage};
 use crate::chat::session::{self, Session};
 use crate::error::Error;
+use crate::recordings::Recorder;
 use crate::{storage, Runtime};
 
 /// The pipeline's own rate: what the VAD and speech-to-text take.
@@ -75,8 +76,11 @@ pub(super) async fn run(context: CallContext) {
     };
     let reason = pipeline.run().await;
     pipeline.wind_down().await;
-    let Pipeline { context, tasks, .. } = pipeline;
+    let Pipeline { context, tasks, recorder, .. } = pipeline;
     drop(tasks);
+    if let Some(recorder) = recorder {
+        recorder.finish().await;
+    }
     finish(context, started, reason).await;
 }
 
@@ -207,6 +211,8 @@ struct Pipeline {
     reference: StreamResampler,
     frames_played: u64,
     recent_agent: VecDeque<(u64, String)>,
+    /// Records the call when the agent opts in (`retention.record_audio`).
+    recorder: Option<Recorder>,
     replies: Vec<Reply>,
     replies_started: u64,
     pending: Option<Question>,
@@ -239,7 +245,19 @@ impl Pipeline {
         tasks.spawn(synthesize(context.voice.clone(), rate, requests, report.clone(), generation.clone()));
         let settings = context.runtime.settings().voice.clone();
         let vad = context.engines.vad.stream();
+        let recorder = agent.retention.record_audio.then(|| {
+            let conversation = &context.session.conversation;
+            let max_lead_ms = context.runtime.settings().voice.input_buffer_ms;
+            Recorder::new(
+                context.runtime.clone(),
+                context.call_id,
+                conversation.tenant_id,
+                conversation.id,
+                max_lead_ms,
+            )
+        });
         Ok(Self {
+            recorder,
             settings,
             started,
             frame_len: (rate / 50) as usize,
@@ -338,6 +356,9 @@ impl Pipeline {
             None => vec![0.0; self.frame_len],
         };
         let reference = self.reference.push(&played).map_err(|error| error.to_string())?;
+        if let Some(recorder) = &mut self.recorder {
+            recorder.agent(&reference);
+        }
         self.echo.played(&reference);
         self.frames_played += 1;
         if let Some(frame) = frame {
@@ -391,6 +412,9 @@ impl Pipeline {
         }
         let samples: Vec<f32> = samples.iter().map(|sample| f32::from(*sample) / 32768.0).collect();
         let audio = self.resampler.push(&samples).map_err(|error| error.to_string())?;
+        if let Some(recorder) = &mut self.recorder {
+            recorder.caller(&audio);
+        }
         self.vad_pending.extend_from_slice(&audio);
         let frames = self.vad_pending.len() / FRAME_SAMPLES;
         let pending = std::mem::take(&mut self.vad_pending);

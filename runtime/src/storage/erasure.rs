@@ -152,6 +152,7 @@ pub async fn delete_agent_analytics(connection: &mut AnyConnection, tenant_id: U
 pub async fn delete_tenant(connection: &mut AnyConnection, tenant_id: Uuid) -> Result<Vec<(&'static str, u64)>> {
     let mut counts = Vec::new();
     for table in [
+        "call_recordings",
         "messages",
         "conversations",
         "export_jobs",

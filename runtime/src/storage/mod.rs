@@ -14,6 +14,7 @@ pub mod exports;
 pub mod keys;
 pub mod meta;
 pub mod provider_keys;
+pub mod recordings;
 pub mod retention;
 pub mod sealed;
 pub mod telephony;
