@@ -361,6 +361,8 @@ pub struct Caller {
     pub heard: Vec<String>,
     pub agent_captions: usize,
     pub ended: bool,
+    /// Why the call ended, when it ended on its own.
+    pub end_reason: Option<EndReason>,
 }
 
 impl Caller {
@@ -379,6 +381,7 @@ impl Caller {
             heard: Vec::new(),
             agent_captions: 0,
             ended: false,
+            end_reason: None,
         }
     }
 
@@ -471,7 +474,11 @@ impl Caller {
     fn on_event(&mut self, event: Option<CallEvent>) {
         let now = Instant::now();
         match event {
-            None | Some(CallEvent::Ended(_)) => self.ended = true,
+            None => self.ended = true,
+            Some(CallEvent::Ended(reason)) => {
+                self.ended = true;
+                self.end_reason = Some(reason);
+            }
             Some(CallEvent::Audio(frame)) => {
                 self.last_audio = Some(now);
                 if rms(&frame) >= LOUD_RMS {
@@ -494,7 +501,11 @@ impl Caller {
         if !self.run_until(STEP_LIMIT, |caller| caller.last_audio.is_some()).await
             || !self.until_quiet(QUIET, STEP_LIMIT).await
         {
-            bail!("the agent's greeting never finished");
+            bail!(
+                "the agent's greeting never finished (audio heard: {}, call ended: {:?})",
+                self.last_audio.is_some(),
+                self.end_reason
+            );
         }
         Ok(())
     }
