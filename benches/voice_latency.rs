@@ -12,7 +12,8 @@
 //! The caller's questions are synthesised by the Piper voice before the call, resampled to
 //! 48 kHz and pushed into the call 20 ms at a time in real time, as the WebRTC transport does.
 //! After the greeting, the caller asks a question, waits for the answer to be spoken to the end
-//! (the agent silent for 700 ms), then asks the next; the ten questions are asked in turn.
+//! (the node stored it as played, then the agent was silent for 700 ms), then asks the next; the
+//! ten questions are asked in turn.
 //! A first call with one question warms the engines up and is not counted.
 //!
 //! Two measurements per turn:
