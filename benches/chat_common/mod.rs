@@ -19,19 +19,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 pub mod facts;
+pub mod logging;
 pub use facts::{load_average, machine, now_utc};
+pub use logging::init_logging;
 
 pub const OPERATOR_KEY: &str = "bench-operator-key-0123456789";
-
-/// Logs the node's events to stderr when `PARLEY_LOG` holds a filter (e.g. `warn`).
-pub fn init_logging() {
-    if let Ok(filter) = std::env::var("PARLEY_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
-}
 
 /// The real embedding model, from the model cache `make models` fills.
 pub fn embedder() -> Result<Arc<dyn Embedder>> {
