@@ -237,6 +237,14 @@ pub async fn record_turn(connection: &mut AnyConnection, turn: &TurnRecord<'_>) 
     let conversation = turn.conversation;
     let tenant_id = conversation.tenant_id;
     let previous = storage::analytics::get_conversation(connection, tenant_id, conversation.id).await?;
+    if previous.is_none() && storage::conversations::answer_count(connection, tenant_id, conversation.id).await? > 1 {
+        // The conversation was counted at its first turn and its row since swept (its analytics
+        // window passed while it went on): only the turn's own day figures are added, so the
+        // conversation, its duration and whether it was answered are not counted twice. Its
+        // individual row is not made again.
+        let turned = turn_figures(turn, conversation.agent_id);
+        return storage::analytics::add_daily(connection, tenant_id, &turned).await;
+    }
     let mut row = previous.clone().unwrap_or_else(|| ConversationAnalytics {
         conversation_id: conversation.id,
         tenant_id,
@@ -286,19 +294,7 @@ pub async fn record_turn(connection: &mut AnyConnection, turn: &TurnRecord<'_>) 
         ..DailyAnalytics::default()
     };
     // …and the turn's on the day of the turn.
-    let turned = DailyAnalytics {
-        agent_id: row.agent_id,
-        day: day_string(turn.at.date()),
-        visitor_messages: 1,
-        agent_messages: 1,
-        answered_turns: answered,
-        unanswered_turns: unanswered,
-        sentiment_sum: turn.sentiment.unwrap_or(0.0),
-        sentiment_count: i64::from(turn.sentiment.is_some()),
-        prompt_tokens: turn.prompt_tokens,
-        completion_tokens: turn.completion_tokens,
-        ..DailyAnalytics::default()
-    };
+    let turned = turn_figures(turn, row.agent_id);
     if started.day == turned.day {
         let merged = DailyAnalytics {
             conversations: started.conversations,
@@ -314,6 +310,28 @@ pub async fn record_turn(connection: &mut AnyConnection, turn: &TurnRecord<'_>) 
         storage::analytics::add_daily(connection, tenant_id, &turned).await?;
     }
     Ok(())
+}
+
+/// A turn's own figures, on the day of the turn.
+fn turn_figures(turn: &TurnRecord<'_>, agent_id: Uuid) -> DailyAnalytics {
+    let (answered, unanswered) = match turn.result {
+        TurnResult::Answered => (1, 0),
+        TurnResult::Unanswered => (0, 1),
+        TurnResult::Cancelled => (0, 0),
+    };
+    DailyAnalytics {
+        agent_id,
+        day: day_string(turn.at.date()),
+        visitor_messages: 1,
+        agent_messages: 1,
+        answered_turns: answered,
+        unanswered_turns: unanswered,
+        sentiment_sum: turn.sentiment.unwrap_or(0.0),
+        sentiment_count: i64::from(turn.sentiment.is_some()),
+        prompt_tokens: turn.prompt_tokens,
+        completion_tokens: turn.completion_tokens,
+        ..DailyAnalytics::default()
+    }
 }
 
 /// The VADER compound score of a visitor's message, when the runtime has sentiment loaded.

@@ -128,11 +128,24 @@ pub async fn backup(settings: &Settings, output: &Path, include_secrets_key: boo
 pub fn restore_files(settings: &Settings, from: &Path) -> Result<RestoredFiles> {
     let database_path = sqlite_path(&settings.database_url())?;
     let index_root = snapshot::index_root(&settings.data_dir);
+    let staging = settings.data_dir.join(RESTORE_STAGING);
+    let marker = settings.data_dir.join(RESTORE_MARKER);
+    // A restore stopped before its database was in place left indexes (and the marker) behind:
+    // they are its own, and go.
+    if marker.exists() && !database_path.exists() {
+        if index_root.exists() {
+            fs::remove_dir_all(&index_root)?;
+        }
+        fs::remove_file(&marker)?;
+    }
     if database_path.exists() || index_root.exists() {
         return Err(Error::Conflict(format!(
             "{} already holds a database or indexes; restore into a fresh data directory",
             settings.data_dir.display()
         )));
+    }
+    if staging.exists() {
+        fs::remove_dir_all(&staging)?;
     }
     let manifest_text = fs::read(from.join(MANIFEST)).map_err(|error| {
         Error::Conflict(format!("{} is not a Parley backup (no readable {MANIFEST}: {error})", from.display()))
@@ -173,12 +186,16 @@ pub fn restore_files(settings: &Settings, from: &Path) -> Result<RestoredFiles> 
         )));
     }
 
+    // Everything is copied into a staging directory first; then the indexes move into place and
+    // the database last, so a restore stopped at any point can simply be run again.
     let mut tenants = std::collections::BTreeSet::new();
     let mut secrets_key_restored = false;
+    let staged_database = staging.join(DATABASE_FILE);
+    let staged_indexes = staging.join("indexes");
     for name in &names {
         let source = from.join(name);
         let target = if name == DATABASE_FILE {
-            database_path.clone()
+            staged_database.clone()
         } else if name == KEY_FILE {
             if settings.secrets.key.is_some() || key_file.exists() {
                 tracing::warn!("the backup's secrets key is not restored: this node has its own key configured");
@@ -190,7 +207,7 @@ pub fn restore_files(settings: &Settings, from: &Path) -> Result<RestoredFiles> 
             if let Some((tenant, _)) = rest.split_once('/') {
                 tenants.insert(tenant.to_owned());
             }
-            index_root.join(rest)
+            staged_indexes.join(rest)
         } else {
             continue;
         };
@@ -205,6 +222,13 @@ pub fn restore_files(settings: &Settings, from: &Path) -> Result<RestoredFiles> 
             restrict_to_owner(&target)?;
         }
     }
+    fs::write(&marker, b"a restore is moving files into place\n")?;
+    if staged_indexes.exists() {
+        fs::rename(&staged_indexes, &index_root)?;
+    }
+    move_into_place(&staged_database, &database_path)?;
+    fs::remove_file(&marker)?;
+    fs::remove_dir_all(&staging)?;
     Ok(RestoredFiles {
         database_bytes: fs::metadata(&database_path)?.len(),
         tenant_indexes: tenants.len(),
@@ -237,6 +261,29 @@ fn sqlite_path(url: &str) -> Result<PathBuf> {
         ));
     }
     Ok(PathBuf::from(storage::sqlite_file_path(url)))
+}
+
+/// Where a restore copies the backup's files before moving them into place (in the data
+/// directory, so the moves are renames on one file system).
+const RESTORE_STAGING: &str = ".restore-staging";
+/// Present while a restore moves its files into place.
+const RESTORE_MARKER: &str = ".restore-in-progress";
+
+/// Renames `from` to `to`; where they are on different file systems (a database outside the
+/// data directory), copies under a `.partial` name first and renames that.
+fn move_into_place(from: &Path, to: &Path) -> Result<()> {
+    if fs::rename(from, to).is_ok() {
+        return Ok(());
+    }
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let temporary = partial_path(to);
+    fs::copy(from, &temporary)?;
+    fs::File::open(&temporary)?.sync_all()?;
+    fs::rename(&temporary, to)?;
+    fs::remove_file(from)?;
+    Ok(())
 }
 
 fn partial_path(path: &Path) -> PathBuf {

@@ -180,6 +180,7 @@ pub async fn create(
         expires_at: None,
     };
     let mut transaction = runtime.database().begin().await?;
+    storage::tenants::lock(&mut transaction, runtime.database().backend(), tenant_id).await?;
     if storage::exports::unfinished_count(&mut transaction, tenant_id).await? >= MAX_UNFINISHED {
         return Err(Error::Conflict(format!(
             "{MAX_UNFINISHED} exports are already being prepared; wait for one to finish"

@@ -405,6 +405,7 @@ pub async fn create(runtime: &Runtime, principal: &Principal, new: NewEndpoint) 
     let sealed =
         runtime.secrets().seal(SECRET_PURPOSE, &secret_context(endpoint.tenant_id, endpoint.id), secret.as_bytes());
     let mut transaction = runtime.database().begin().await?;
+    storage::tenants::lock(&mut transaction, runtime.database().backend(), principal.tenant_id).await?;
     if storage::webhooks::count_endpoints(&mut transaction, principal.tenant_id).await? >= MAX_ENDPOINTS_PER_TENANT {
         return Err(Error::Conflict(format!("a tenant may have at most {MAX_ENDPOINTS_PER_TENANT} webhook endpoints")));
     }

@@ -51,8 +51,15 @@ async fn create_agent(server: &TestServer, token: &str, body: Value) -> Value {
 
 /// One conversation: the messages in order; returns its id and the `complete` frames.
 async fn converse(server: &TestServer, agent: &Value, messages: &[&str]) -> (String, Vec<Value>) {
+    let (session, completes) = converse_with(server, agent, json!({}), messages).await;
+    (session["conversation_id"].as_str().unwrap().to_owned(), completes)
+}
+
+/// A conversation opened with `hello`'s fields (a visitor id, a resume token): the session and
+/// each answer's `complete` frame.
+async fn converse_with(server: &TestServer, agent: &Value, hello: Value, messages: &[&str]) -> (Value, Vec<Value>) {
     let mut client = ChatClient::connect(&server.base, agent["public_id"].as_str().unwrap(), None).await.unwrap();
-    let session = client.hello(json!({})).await;
+    let session = client.hello(hello).await;
     let mut completes = Vec::new();
     for (index, text) in messages.iter().enumerate() {
         let frames = client.ask(&format!("c-{index}"), text).await;
@@ -60,7 +67,7 @@ async fn converse(server: &TestServer, agent: &Value, messages: &[&str]) -> (Str
         assert_eq!(complete["type"], "complete", "{frames:?}");
         completes.push(complete);
     }
-    (session["conversation_id"].as_str().unwrap().to_owned(), completes)
+    (session, completes)
 }
 
 fn close(actual: &Value, expected: f64) {
@@ -102,7 +109,9 @@ async fn turns_feed_analytics_usage_and_retention(backend: Backend) {
     converse(&server, &foreign, &["Hello, anyone?"]).await;
 
     let (cafe_conversation, cafe_answers) = converse(&server, &cafe, &[POSITIVE, NEGATIVE]).await;
-    let (empty_conversation, empty_answers) = converse(&server, &empty, &[UNANSWERABLE]).await;
+    let (empty_session, empty_answers) =
+        converse_with(&server, &empty, json!({ "visitor_id": "visitor-empty" }), &[UNANSWERABLE]).await;
+    let empty_conversation = empty_session["conversation_id"].as_str().unwrap().to_owned();
     assert_eq!(empty_answers[0]["finish_reason"], "no_answer", "{empty_answers:?}");
     let (quiet_conversation, _) = converse(&server, &quiet, &[QUIET]).await;
 
@@ -252,6 +261,23 @@ async fn turns_feed_analytics_usage_and_retention(backend: Backend) {
     // Running again deletes nothing.
     let report = parley_runtime::retention::sweep(&server.runtime, later).await.unwrap();
     assert_eq!(report.analytics_conversations, 0);
+
+    // A swept conversation that goes on is not counted again: its new turn adds to the day's
+    // turn figures only, and it gets no new row of its own.
+    let empty_id = empty["id"].as_str().unwrap();
+    let (_, empty_before) = server.get(&format!("/admin/v1/analytics?agent_id={empty_id}"), &token).await;
+    let resume = json!({ "resume_token": empty_session["resume_token"], "visitor_id": "visitor-empty" });
+    let (resumed, _) = converse_with(&server, &empty, resume, &[UNANSWERABLE]).await;
+    assert_eq!(resumed["conversation_id"], empty_conversation.as_str(), "{resumed}");
+    let (_, empty_after) = server.get(&format!("/admin/v1/analytics?agent_id={empty_id}"), &token).await;
+    let (before, after) = (&empty_before["days"][0], &empty_after["days"][0]);
+    assert_eq!(after["conversations"], before["conversations"], "{empty_after}");
+    assert_eq!(after["answered_conversations"], before["answered_conversations"], "{empty_after}");
+    assert_eq!(after["total_duration_ms"], before["total_duration_ms"], "{empty_after}");
+    assert_eq!(after["visitor_messages"].as_i64(), before["visitor_messages"].as_i64().map(|n| n + 1), "{empty_after}");
+    assert_eq!(after["unanswered_turns"].as_i64(), before["unanswered_turns"].as_i64().map(|n| n + 1), "{empty_after}");
+    let (_, list) = server.get("/admin/v1/analytics/conversations", &token).await;
+    assert!(list["items"].as_array().unwrap().is_empty(), "{list}");
     server.stop().await;
 }
 

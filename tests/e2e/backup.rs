@@ -121,11 +121,21 @@ async fn restore_gives_the_same_search_results_and_transcripts() {
     // With the key beside it, the restore gives the node as it was at backup time.
     std::fs::create_dir_all(&fresh).unwrap();
     std::fs::copy(&key_file, fresh.join("secrets.key")).unwrap();
+    // What a restore stopped half-way leaves: its staging directory, indexes already moved into
+    // place, no database yet. Running it again starts over.
+    std::fs::create_dir_all(fresh.join(".restore-staging")).unwrap();
+    std::fs::write(fresh.join(".restore-staging/parley.db"), b"half a copy").unwrap();
+    std::fs::create_dir_all(fresh.join("indexes/left-over")).unwrap();
+    std::fs::write(fresh.join("indexes/left-over/meta.json"), b"{}").unwrap();
+    std::fs::write(fresh.join(".restore-in-progress"), b"").unwrap();
     let (ok, stdout, stderr) = parley(&fresh, &["restore", "--from", backup.to_str().unwrap()]);
     assert!(ok, "{stdout}\n{stderr}");
     let restored: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(restored["indexes"]["tenants_checked"], 1, "{restored}");
     assert_eq!(restored["indexes"]["tenants_rebuilt"], 0, "the snapshots agree: {restored}");
+    for left in [".restore-staging", ".restore-in-progress", "indexes/left-over"] {
+        assert!(!fresh.join(left).exists(), "{left} is gone after the restore");
+    }
     let (ok, _, stderr) = parley(&fresh, &["restore", "--from", backup.to_str().unwrap()]);
     assert!(!ok && stderr.contains("fresh data directory"), "{stderr}");
 

@@ -183,7 +183,35 @@ both_backends!(
     persistent_failure_disables_the_endpoint,
     private_targets_are_refused,
     exports_and_erasures_are_announced_and_erased_conversations_are_never_sent,
+    the_endpoint_limit_holds_under_concurrent_requests,
 );
+
+/// A tenant one endpoint short of its limit, then twelve registrations at once: exactly one
+/// gets in, the others are refused, and the tenant ends with exactly the limit.
+async fn the_endpoint_limit_holds_under_concurrent_requests(backend: Backend) {
+    const LIMIT: usize = 100;
+    let Some(server) = TestServer::start_with(backend, |settings| settings.webhooks.allow_private_targets = true).await
+    else {
+        return;
+    };
+    let (_, token) = server.tenant("Busy").await;
+    for index in 0..LIMIT - 1 {
+        let (status, body) = server
+            .post("/admin/v1/webhooks", &token, json!({ "url": format!("http://127.0.0.1:9/hook/{index}") }))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let requests = (0..12).map(|index| {
+        server.post("/admin/v1/webhooks", &token, json!({ "url": format!("http://127.0.0.1:9/late/{index}") }))
+    });
+    let statuses: Vec<u16> = futures::future::join_all(requests).await.into_iter().map(|(status, _)| status).collect();
+    assert_eq!(statuses.iter().filter(|status| **status == 201).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|status| matches!(status, 201 | 409)), "{statuses:?}");
+    let (_, list) = server.get(&format!("/admin/v1/webhooks?limit={LIMIT}"), &token).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(LIMIT), "{list}");
+    assert!(list["next_cursor"].is_null(), "no more than the limit: {list}");
+    server.stop().await;
+}
 
 async fn events_arrive_signed_complete_and_in_order_after_an_outage(backend: Backend) {
     if !python_available() {

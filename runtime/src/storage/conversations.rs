@@ -264,3 +264,15 @@ fn decode_utterance(row: &sqlx::any::AnyRow) -> Result<Option<Utterance>> {
     let ms = |value: i64| u64::try_from(value).map_err(|_| Error::Corrupt(format!("message speech time {value}")));
     Ok(Some(Utterance { start_ms: ms(start)?, end_ms: ms(end)?, language: row.try_get("speech_language")? }))
 }
+
+/// How many answers the conversation holds.
+pub async fn answer_count(connection: &mut AnyConnection, tenant_id: Uuid, conversation_id: Uuid) -> Result<i64> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM messages WHERE tenant_id = $1 AND conversation_id = $2 AND role = 'assistant'",
+    )
+    .bind(tenant_id.to_string())
+    .bind(conversation_id.to_string())
+    .fetch_one(connection)
+    .await?;
+    Ok(row.try_get("n")?)
+}

@@ -65,3 +65,16 @@ fn decode(row: &sqlx::any::AnyRow) -> Result<Tenant> {
         updated_at: from_millis(row.try_get("updated_at")?)?,
     })
 }
+
+/// Holds the tenant's row until the transaction ends, so checks of a per-tenant limit made
+/// after it (count, then insert) see every concurrent request's insert. PostgreSQL locks the
+/// row; SQLite's write transactions (`BEGIN IMMEDIATE`) are already one at a time.
+pub async fn lock(connection: &mut AnyConnection, backend: super::Backend, tenant_id: Uuid) -> Result<()> {
+    if backend == super::Backend::Postgres {
+        sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
+            .bind(tenant_id.to_string())
+            .fetch_optional(connection)
+            .await?;
+    }
+    Ok(())
+}
