@@ -59,10 +59,13 @@ async fn converse(server: &TestServer, agent: &Value, messages: &[&str]) -> (Str
 /// each answer's `complete` frame.
 async fn converse_with(server: &TestServer, agent: &Value, hello: Value, messages: &[&str]) -> (Value, Vec<Value>) {
     let mut client = ChatClient::connect(&server.base, agent["public_id"].as_str().unwrap(), None).await.unwrap();
+    // A resumed conversation's messages get ids of their own (a re-sent id is answered from
+    // what was stored).
+    let prefix = if hello.get("resume_token").is_some() { "r" } else { "c" };
     let session = client.hello(hello).await;
     let mut completes = Vec::new();
     for (index, text) in messages.iter().enumerate() {
-        let frames = client.ask(&format!("c-{index}"), text).await;
+        let frames = client.ask(&format!("{prefix}-{index}"), text).await;
         let complete = frames.last().unwrap().clone();
         assert_eq!(complete["type"], "complete", "{frames:?}");
         completes.push(complete);

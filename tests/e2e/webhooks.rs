@@ -197,12 +197,20 @@ async fn the_endpoint_limit_holds_under_concurrent_requests(backend: Backend) {
     let (_, token) = server.tenant("Busy").await;
     for index in 0..LIMIT - 1 {
         let (status, body) = server
-            .post("/admin/v1/webhooks", &token, json!({ "url": format!("http://127.0.0.1:9/hook/{index}") }))
+            .post(
+                "/admin/v1/webhooks",
+                &token,
+                json!({ "url": format!("http://127.0.0.1:9/hook/{index}"), "event_types": ["message.created"] }),
+            )
             .await;
         assert_eq!(status, 201, "{body}");
     }
     let requests = (0..12).map(|index| {
-        server.post("/admin/v1/webhooks", &token, json!({ "url": format!("http://127.0.0.1:9/late/{index}") }))
+        server.post(
+            "/admin/v1/webhooks",
+            &token,
+            json!({ "url": format!("http://127.0.0.1:9/late/{index}"), "event_types": ["message.created"] }),
+        )
     });
     let statuses: Vec<u16> = futures::future::join_all(requests).await.into_iter().map(|(status, _)| status).collect();
     assert_eq!(statuses.iter().filter(|status| **status == 201).count(), 1, "{statuses:?}");

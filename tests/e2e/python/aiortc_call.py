@@ -4,7 +4,8 @@ Calls an agent the WHIP way (POST of an SDP offer to /v1/agents/{public_id}/voic
 WAV file into the call (aiortc encodes it as Opus), opens a `captions` data channel, and records
 the agent's audio as 16 kHz mono 16-bit WAV. It hangs up (DELETE of the answer's Location) once
 the agent has answered the caller (an agent caption after the caller's final caption) and six
-more seconds of its audio have been recorded, or after TIMEOUT seconds.
+more seconds of its audio have been recorded or it has gone quiet for two seconds (the agent sends
+audio only while it speaks), or after TIMEOUT seconds.
 
 Usage: aiortc_call.py BASE_URL PUBLIC_ID SPEECH_WAV REPLY_WAV TIMEOUT_SECONDS
 Prints one JSON object: {"status", "location", "captions", "hang_up_status", "reply_seconds",
@@ -52,6 +53,7 @@ async def record(track, writer, recorded):
             data = bytes(out.planes[0])[: out.samples * 2]
             writer.writeframes(data)
             recorded["samples"] += out.samples
+            recorded["at"] = time.monotonic()
 
 
 async def main():
@@ -69,7 +71,7 @@ async def main():
     writer.setnchannels(1)
     writer.setsampwidth(2)
     writer.setframerate(RATE)
-    recorded = {"samples": 0}
+    recorded = {"samples": 0, "at": time.monotonic()}
     recorders = []
 
     @connection.on("track")
@@ -108,9 +110,13 @@ async def main():
         if heard and answered_at is None:
             if any(c.get("speaker") == "agent" for c in captions[heard[0] + 1 :]):
                 answered_at = recorded["samples"]
-        # Six seconds of the answer's audio after its first caption, then hang up.
-        if answered_at is not None and recorded["samples"] >= answered_at + 6 * RATE:
-            break
+        # Six seconds of the answer's audio after its first caption, or the whole answer (the
+        # agent sends audio only while it speaks), then hang up.
+        if answered_at is not None:
+            if recorded["samples"] >= answered_at + 6 * RATE:
+                break
+            if recorded["samples"] > answered_at and time.monotonic() - recorded["at"] > 2.0:
+                break
         if any(c.get("type") == "ended" for c in captions):
             break
     hang_up, _, _ = await loop.run_in_executor(None, http, "DELETE", f"{BASE}{location}")
