@@ -151,7 +151,10 @@ async fn run(turns: usize, silence_ms: u32) -> Result<()> {
         records.iter().filter_map(|turn| Some(turn.outside_ms? - turn.voice.as_ref()?.first_audio_ms?)).collect();
     let rows: Vec<(&str, Vec<f64>)> = vec![
         ("end of turn: the silence window waited for", stage(&|voice| Some(voice.end_of_turn_ms))),
-        ("transcription (whisper, queue included)", stage(&|voice| Some(voice.transcription_ms))),
+        (
+            "transcription: waited for after the window (whisper starts at the pause)",
+            stage(&|voice| Some(voice.transcription_ms)),
+        ),
         ("retrieval (embedding + hybrid search)", stage(&|voice| Some(voice.retrieval_ms))),
         ("question → first token (retrieval, prompt, first step)", stage(&|voice| voice.first_token_ms)),
         ("first token → first sentence queued, hand-offs (remainder)", stage(&rest)),

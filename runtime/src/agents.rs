@@ -174,6 +174,16 @@ pub struct VoiceSettings {
     /// Remote voices only: the API base URL (`…/v1`); speech is posted to `{base_url}/audio/speech`.
     #[serde(default)]
     pub base_url: Option<String>,
+    /// The most tokens a spoken turn's prompt holds: earlier turns, then the lowest-ranked
+    /// passages, are left out to fit. A caller waits for the model to read the whole prompt
+    /// before the first word, so calls get a tighter prompt than chat.
+    #[serde(default = "default_voice_prompt_tokens")]
+    pub prompt_tokens: u32,
+}
+
+/// Agents stored before `voice.prompt_tokens` existed read this.
+fn default_voice_prompt_tokens() -> u32 {
+    512
 }
 
 /// Who synthesises an agent's speech.
@@ -201,6 +211,7 @@ impl Default for VoiceSettings {
             model: None,
             remote_voice: None,
             base_url: None,
+            prompt_tokens: default_voice_prompt_tokens(),
         }
     }
 }
@@ -474,6 +485,9 @@ fn validate(agent: &Agent) -> Result<()> {
     }
     if !(100..=10_000).contains(&voice.end_of_turn_silence_ms) {
         return Err(Error::invalid("voice.end_of_turn_silence_ms", "must be between 100 and 10000"));
+    }
+    if !(128..=32_768).contains(&voice.prompt_tokens) {
+        return Err(Error::invalid("voice.prompt_tokens", "must be between 128 and 32768"));
     }
     validate_voice_provider(voice)?;
     for (field, days) in [

@@ -207,6 +207,9 @@ struct Caller {
     /// Ticks at which the script's speech started.
     spoke_at: Vec<u64>,
     ended: Option<EndReason>,
+    /// False for a client that sends nothing while its script is silent, as WebRTC clients
+    /// with discontinuous transmission do.
+    sends_silence: bool,
 }
 
 impl Caller {
@@ -222,6 +225,7 @@ impl Caller {
             events: Vec::new(),
             spoke_at: Vec::new(),
             ended: None,
+            sends_silence: true,
         }
     }
 
@@ -252,7 +256,9 @@ impl Caller {
                             *out = out.saturating_add((f32::from(sample) * gain) as i16);
                         }
                     }
-                    self.call.audio_in.push(&chunk);
+                    if self.sends_silence || chunk.iter().any(|sample| *sample != 0) {
+                        self.call.audio_in.push(&chunk);
+                    }
                     self.tick += 1;
                 }
                 event = self.call.events.recv() => {
@@ -349,9 +355,10 @@ async fn wait_for_no_calls(runtime: &Runtime) {
     }
 }
 
-/// A whole call: disclosure first, the question transcribed and stored with its times and
-/// language, the answer spoken and stored with its voice timings.
-async fn question_and_answer(rate: u32) {
+/// A whole call: disclosure first, the question transcribed and stored with its times (since
+/// the call's start, whether or not the caller sent audio while silent) and language, the answer
+/// spoken and stored with its voice timings.
+async fn question_and_answer(rate: u32, sends_silence: bool) {
     let Some(models) = models() else { return };
     let node = node(models.embedder.clone(), |_| {}).await;
     node.runtime.calls().set_engines(models.engines.clone());
@@ -361,6 +368,7 @@ async fn question_and_answer(rate: u32) {
     let conversation_id = call.conversation_id;
     assert_eq!(node.runtime.calls().live_calls(), 1);
     let mut caller = Caller::new(call, rate);
+    caller.sends_silence = sends_silence;
 
     // The disclosure comes first, before the greeting.
     caller.run_until(|caller| caller.has_caption(Speaker::Agent, "Hello")).await;
@@ -416,7 +424,10 @@ async fn question_and_answer(rate: u32) {
     assert!(spoken_at.start_ms >= utterance.end_ms && spoken_at.end_ms > spoken_at.start_ms, "{spoken_at:?}");
     let voice = reply.timings.as_ref().and_then(|timings| timings.voice.clone()).expect("voice timings are stored");
     assert!(voice.end_of_turn_ms >= 600.0, "{voice:?}");
-    assert!(voice.transcription_ms > 0.0 && voice.synthesis_ms.is_some(), "{voice:?}");
+    // The question was transcribed from the caller's pause on, so the turn waited for whisper
+    // only as long as it was still busy once the silence window closed.
+    assert!(voice.transcription_ms >= 0.0 && voice.synthesis_ms.is_some(), "{voice:?}");
+    assert_eq!(node.runtime.calls().stats().early_transcripts, 1, "the pause's transcript was the turn's");
     assert!(voice.first_audio_ms.unwrap() >= voice.end_of_turn_ms + voice.transcription_ms, "{voice:?}");
 
     // The tenant's export carries both messages' places in the call and language.
@@ -439,12 +450,41 @@ async fn question_and_answer(rate: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webrtc_call_at_48_khz_is_heard_answered_and_stored() {
-    question_and_answer(48_000).await;
+    // A browser with discontinuous transmission sends nothing until the caller speaks.
+    question_and_answer(48_000, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_call_at_8_khz_is_heard_answered_and_stored() {
-    question_and_answer(8_000).await;
+    question_and_answer(8_000, true).await;
+}
+
+/// A long utterance is captioned while the caller speaks: partial captions, each words of the
+/// utterance so far, arrive before the final one, and the final one is the whole utterance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_utterance_is_captioned_while_it_is_spoken() {
+    let Some(models) = models() else { return };
+    let node = node(models.embedder.clone(), |_| {}).await;
+    node.runtime.calls().set_engines(models.engines.clone());
+    let agent = node.agent(VoiceSettings::default()).await;
+    let rate = 16_000;
+    let said = "Let me tell you about my garden, because it has been quite a year for it. In spring the tomatoes \
+         came up early, the beans climbed over the fence, and the roses along the wall opened before anyone \
+         expected them.";
+    let speech = speech(models, said, rate).await;
+    let call = calls::start(&node.runtime, &agent.public_id, request(rate)).await.unwrap();
+    let mut caller = Caller::new(call, rate);
+    caller.run_until(|caller| caller.has_caption(Speaker::Agent, "Hello") && caller.quiet_for(10)).await;
+    caller.say(&speech, 0);
+    caller.run_until(|caller| !caller.captions(Speaker::Caller, true).is_empty()).await;
+    let partials = caller.captions(Speaker::Caller, false);
+    assert!(!partials.is_empty(), "no partial caption while {} s of speech were heard", speech.len() / rate as usize);
+    let heard = words(&caller.captions(Speaker::Caller, true)[0]);
+    assert!(overlap(said, &heard.join(" ")) >= 0.6, "the final caption: {heard:?}");
+    for partial in &partials {
+        assert!(overlap(partial, said) >= 0.6, "a partial caption {partial:?} is not what was said");
+    }
+    caller.hang_up(&node.runtime).await;
 }
 
 /// The caller asks, then talks over the answer: the agent's audio is lowered at once, then
@@ -697,6 +737,74 @@ async fn a_ten_minute_monologue_fed_fast_is_transcribed_in_parts() {
     assert_eq!(next.ended, Some(EndReason::HungUp));
 }
 
+/// A spoken turn's prompt keeps within the agent's `voice.prompt_tokens`, while the same
+/// question in a chat gets the model's whole context: a caller hears nothing until the model
+/// has read the prompt. The answers come from the local model over a knowledge base whose
+/// passages all match the question.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoken_turns_get_a_tighter_prompt_than_chat() {
+    use parley_runtime::agents::ModelChoice;
+    use parley_runtime::chat::engine::{self, Submitted, TurnEvent, UserMessage};
+    use parley_runtime::chat::session::{self, SessionRequest};
+    use parley_runtime::documents::{self, Content, Upload};
+    let Some(models) = models() else { return };
+    let node = node(models.embedder.clone(), |_| {}).await;
+    let chat_model = installed_dir(&models_dir(), &parley_models::CHAT_MODEL_PACKAGE).unwrap();
+    let options = parley_models::LocalModelOptions { inference_threads: 1, queue_capacity: 4 };
+    node.runtime.models().set_local(Arc::new(parley_models::LocalLanguageModel::load(&chat_model, options).unwrap()));
+    let input = AgentInput {
+        name: Some("Library".to_owned()),
+        language: Some("en".to_owned()),
+        model: Some(ModelChoice { max_tokens: 4, temperature: 0.0, ..ModelChoice::default() }),
+        voice: Some(VoiceSettings { enabled: true, prompt_tokens: 300, ..VoiceSettings::default() }),
+        ..AgentInput::default()
+    };
+    let agent = agents::create(&node.runtime, &node.principal, input).await.unwrap();
+    let rooms = ["reading room", "children's corner", "study rooms", "music library", "map room", "archive"];
+    let text: String = rooms
+        .iter()
+        .map(|room| {
+            format!(
+                "# Opening hours of the {room}\n\nThe library's {room} opens at nine on Sunday morning and closes at \
+                 five in the afternoon. On public holidays the {room} keeps its Sunday opening hours, and during \
+                 the school holidays it opens an hour earlier on weekdays. The staff of the {room} answer questions \
+                 about opening hours at the front desk.\n\n"
+            )
+        })
+        .collect();
+    let upload = Upload {
+        title: Some("Opening hours".to_owned()),
+        source_name: None,
+        language: None,
+        content: Content::Text(text),
+    };
+    documents::ingest(&node.runtime, &node.principal, agent.id, upload).await.unwrap();
+
+    let mut prompt_tokens = Vec::new();
+    for channel in [Channel::Web, Channel::Voice] {
+        let request = SessionRequest { visitor_id: None, resume_token: None, identity: None };
+        let session = session::start(&node.runtime, &agent, channel, request).await.unwrap();
+        let message = UserMessage { client_message_id: format!("ask-{}", channel.as_str()), text: QUESTION.to_owned() };
+        let Submitted::Live(mut subscription) = engine::submit(&node.runtime, &session, message).await.unwrap() else {
+            panic!("a new question is answered live");
+        };
+        let reply = loop {
+            match tokio::time::timeout(PHASE, subscription.events.recv()).await {
+                Ok(Ok(TurnEvent::Complete(reply))) => break reply,
+                Ok(Ok(_)) => {}
+                other => panic!("the {channel:?} turn did not complete: {other:?}"),
+            }
+        };
+        assert!(matches!(reply.finish_reason.as_deref(), Some("stop" | "length")), "{reply:?}");
+        prompt_tokens.push(reply.prompt_tokens);
+    }
+    let (chat, spoken) = (prompt_tokens[0], prompt_tokens[1]);
+    // The budget counts the chat template's tokens around each message approximately.
+    let slack = 2 * parley_runtime::chat::prompt::MESSAGE_OVERHEAD_TOKENS as u32;
+    assert!(spoken <= 300 + slack, "the spoken prompt holds {spoken} tokens, over the agent's 300");
+    assert!(chat > spoken + 100, "the chat prompt ({chat}) carries more passages than the spoken one ({spoken})");
+}
+
 /// The agent's call limit, voice switched off, origins, and a node without the models.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_are_refused_with_precise_errors() {
@@ -773,6 +881,8 @@ enum SpeechReply {
     Tone,
     /// 500 with an error object.
     Failure,
+    /// The tone, after this many milliseconds.
+    SlowTone(u64),
 }
 
 /// One request the fake speech server received: its path, headers and JSON body.
@@ -856,8 +966,11 @@ async fn answer_speech(
     }
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     requests.lock().unwrap().push((path, headers, body));
+    if let SpeechReply::SlowTone(delay_ms) = reply {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
     let (status, content_type, body) = match reply {
-        SpeechReply::Tone => ("200 OK", "audio/wav", tone_wav()),
+        SpeechReply::Tone | SpeechReply::SlowTone(_) => ("200 OK", "audio/wav", tone_wav()),
         SpeechReply::Failure => {
             ("500 Internal Server Error", "application/json", br#"{"error":{"message":"speech is down"}}"#.to_vec())
         }
@@ -965,6 +1078,28 @@ async fn an_agent_with_a_remote_voice_speaks_with_the_providers_audio() {
     let inputs = server.inputs();
     assert_eq!(inputs[3], "I'm sorry, I don't know that.", "{inputs:?}");
     caller.hang_up(&node.runtime).await;
+}
+
+/// A call whose voice is slow to speak is not idle while its sentences wait for synthesis: with
+/// a one-second idle timeout and a voice taking 2.5 s a sentence, the disclosure and greeting
+/// are all played before the silent caller's call times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_for_its_voice_is_not_idle() {
+    let Some(models) = models() else { return };
+    let server = SpeechServer::start(SpeechReply::SlowTone(2_500)).await;
+    let node = node(models.embedder.clone(), |settings| settings.voice.idle_timeout_seconds = 1).await;
+    node.runtime.calls().set_engines(models.engines.clone());
+    provider_keys::set(&node.runtime, &node.principal, "openai_compatible", SPEECH_KEY).await.unwrap();
+    let agent = node.agent(server.settings()).await;
+    let rate = 48_000;
+    let call = calls::start(&node.runtime, &agent.public_id, request(rate)).await.unwrap();
+    let mut caller = Caller::new(call, rate);
+    caller.run_until(|_| false).await;
+    assert_eq!(caller.ended, Some(EndReason::Timeout), "{:?}", caller.summary());
+    let spoken = caller.captions(Speaker::Agent, true);
+    assert_eq!(spoken, ["You are talking to an AI assistant.", "This call is transcribed.", GREETING]);
+    let levels = loud_frame_levels(&caller);
+    assert!(levels.len().abs_diff(3 * TONE_MS / 20) <= 4, "{} loud frames: all three sentences played", levels.len());
 }
 
 /// A remote voice without the tenant's key, or whose provider fails, leaves the call to the

@@ -257,6 +257,55 @@ async fn widget_answers_with_sources_and_resumes_after_reload() {
     server.stop().await;
 }
 
+/// JavaScript run before the call: every remote audio track the page receives is also recorded
+/// at 16 kHz through Web Audio (`window.__parleyHeard`), and the sample count at which the
+/// first agent caption after the caller's question arrived is noted, so the answer can be cut
+/// out.
+const RECORD_THE_AGENT: &str = "
+  const heard = (window.__parleyHeard = {
+    chunks: [], length: 0, rate: 0, asked: false, answerFrom: null, spoken: false, lastLoud: 0,
+  });
+  const Base = window.RTCPeerConnection;
+  window.RTCPeerConnection = class extends Base {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('track', (event) => {
+        const stream = event.streams[0] || new MediaStream([event.track]);
+        const context = new AudioContext({ sampleRate: 16000 });
+        heard.rate = context.sampleRate;
+        const source = context.createMediaStreamSource(stream);
+        const tap = context.createScriptProcessor(4096, 1, 1);
+        tap.onaudioprocess = (e) => {
+          const block = new Float32Array(e.inputBuffer.getChannelData(0));
+          heard.chunks.push(block);
+          heard.length += block.length;
+          const loud = block.some((x) => Math.abs(x) > 0.02);
+          if (loud) heard.lastLoud = heard.length;
+          if (loud && heard.answerFrom !== null) heard.spoken = true;
+        };
+        source.connect(tap);
+        tap.connect(context.destination);
+        context.resume();
+      });
+    }
+    createDataChannel(...args) {
+      const channel = super.createDataChannel(...args);
+      channel.addEventListener('message', (e) => {
+        try {
+          const m = JSON.parse(e.data);
+          if (m.type !== 'caption') return;
+          if (m.speaker === 'caller' && m.final !== false) heard.asked = true;
+          // An agent caption comes as its sentence starts playing; half a second of slack.
+          if (m.speaker === 'agent' && heard.asked && heard.answerFrom === null) {
+            heard.answerFrom = Math.max(0, heard.length - heard.rate / 2);
+          }
+        } catch (error) {}
+      });
+      return channel;
+    }
+  };
+  return true;";
+
 /// A question spoken by espeak-ng, after enough silence for the agent's disclosure and followed
 /// by silence, as a 16-bit mono WAV for Chromium's fake microphone.
 fn spoken_question(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
@@ -294,7 +343,7 @@ async fn widget_calls_the_agent_with_live_captions() {
         return;
     };
     let server = TestServer::start(Backend::Sqlite).await.unwrap();
-    server.runtime.calls().set_engines(engines);
+    server.runtime.calls().set_engines(engines.clone());
     let (_, token) = server.tenant("Caller").await;
     let (status, agent) = server
         .post(
@@ -323,6 +372,7 @@ async fn widget_calls_the_agent_with_live_captions() {
     assert_eq!(status, 201);
 
     browser.open(&format!("{}/demo/{public_id}", server.base)).await;
+    browser.script(RECORD_THE_AGENT, json!([])).await;
     // The Call button shows only for an agent that takes calls.
     browser
         .wait_for(
@@ -360,6 +410,61 @@ async fn widget_calls_the_agent_with_live_captions() {
     let asked = captions.iter().find(|c| c["speaker"] == "caller" && c["final"] == true).unwrap();
     let asked = asked["text"].as_str().unwrap().to_lowercase();
     assert!(asked.contains("open") && asked.contains("weekday"), "transcribed as {asked:?}");
+
+    // What the browser played of the answer, transcribed by whisper, says what the captions say
+    // and holds the document's answer.
+    browser
+        .wait_for(
+            "the answer to finish playing",
+            "const r = window.__parleyHeard; return r.answerFrom !== null && r.spoken && \
+             r.length - r.lastLoud > 3 * r.rate;",
+            Duration::from_secs(120),
+        )
+        .await;
+    let recorded = browser
+        .script(
+            "const r = window.__parleyHeard; const all = new Int16Array(r.length); let at = 0; \
+             for (const chunk of r.chunks) { for (const x of chunk) all[at++] = Math.max(-1, Math.min(1, x)) * 32767; } \
+             const answer = all.subarray(r.answerFrom, Math.min(r.length, r.answerFrom + 25 * r.rate)); \
+             let binary = ''; const bytes = new Uint8Array(answer.buffer, answer.byteOffset, answer.byteLength); \
+             for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000)); \
+             return { rate: r.rate, pcm: btoa(binary) };",
+            json!([]),
+        )
+        .await;
+    assert_eq!(recorded["rate"], 16_000, "{}", recorded["rate"]);
+    let pcm = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(recorded["pcm"].as_str().unwrap()).unwrap()
+    };
+    let played: Vec<f32> =
+        pcm.chunks_exact(2).map(|pair| f32::from(i16::from_le_bytes([pair[0], pair[1]])) / 32768.0).collect();
+    let options = parley_models::stt::TranscribeOptions { language: Some("en".to_owned()), partial: None };
+    let peak = played.iter().fold(0.0f32, |peak, sample| peak.max(sample.abs()));
+    let rms = (played.iter().map(|sample| f64::from(*sample).powi(2)).sum::<f64>() / played.len().max(1) as f64).sqrt();
+    eprintln!("the browser recorded {} samples of the answer, peak {peak:.3}, rms {rms:.4}", played.len());
+    if let Some(dir) = std::env::var_os("PARLEY_KEEP_BROWSER_AUDIO") {
+        crate::common::write_wav(&std::path::Path::new(&dir).join("browser-answer.wav"), &played, 16_000);
+    }
+    let heard = engines.speech_to_text.transcribe(played.into(), options).await.unwrap().text;
+    let captioned = browser
+        .script(
+            "const s = window.ParleyChat.state().call; const i = s.captions.findIndex(c => c.speaker === 'caller' && c.final); \
+             return s.captions.slice(i + 1).filter(c => c.speaker === 'agent').map(c => c.text).join(' ');",
+            json!([]),
+        )
+        .await;
+    let (heard_words, captioned_words) =
+        (crate::common::words(&heard), crate::common::words(captioned.as_str().unwrap()));
+    let matched = heard_words.iter().filter(|word| captioned_words.contains(word)).count();
+    assert!(
+        heard_words.len() >= 3 && matched * 10 >= heard_words.len() * 6,
+        "the browser played {heard:?}, the captions say {captioned}"
+    );
+    assert!(
+        heard_words.iter().any(|word| ["7", "730", "seven", "weekdays", "weekday"].contains(&word.as_str())),
+        "the browser played {heard:?}, which is not the document's answer (captions: {captioned})"
+    );
 
     // Mute, then hang up from the widget: the server's call ends and frees its slot.
     browser.script(&format!("{ROOT} root.querySelector('[data-part=mute]').click(); return true;"), json!([])).await;

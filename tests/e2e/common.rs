@@ -275,6 +275,14 @@ pub fn voice_engines() -> Option<parley_runtime::calls::VoiceEngines> {
     }
 }
 
+/// Lowercase words, without punctuation, for comparing what was said with what was heard.
+pub fn words(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .map(|word| word.chars().filter(|c| c.is_alphanumeric()).collect::<String>().to_lowercase())
+        .filter(|word| !word.is_empty())
+        .collect()
+}
+
 /// Writes `samples` (-1 to 1) as a 16-bit mono PCM WAV file.
 pub fn write_wav(path: &std::path::Path, samples: &[f32], rate: u32) {
     let data_len = u32::try_from(samples.len() * 2).expect("a test WAV under 4 GiB");

@@ -625,8 +625,8 @@ async fn aiortc_calls_with_a_wav_file_and_records_the_answer() {
         )
         .await
         .unwrap();
-    let spoken = caption_words(&transcript.text);
-    let captioned = caption_words(&answer);
+    let spoken = crate::common::words(&transcript.text);
+    let captioned = crate::common::words(&answer);
     let matched = spoken.iter().filter(|word| captioned.contains(word)).count();
     assert!(
         spoken.len() >= 3 && matched * 10 >= spoken.len() * 6,
@@ -634,14 +634,6 @@ async fn aiortc_calls_with_a_wav_file_and_records_the_answer() {
         transcript.text
     );
     node.stop();
-}
-
-/// Lowercase words, without punctuation.
-fn caption_words(text: &str) -> Vec<String> {
-    text.split_whitespace()
-        .map(|word| word.chars().filter(|c| c.is_alphanumeric()).collect::<String>().to_lowercase())
-        .filter(|word| !word.is_empty())
-        .collect()
 }
 
 /// Packets that are not Opus: invalid frame counts, frame lengths past the packet's end and

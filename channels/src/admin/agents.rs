@@ -186,6 +186,10 @@ pub struct VoiceDto {
     pub remote_voice: Option<String>,
     /// Provider `openai` only (required there): the API base URL, e.g. `https://host/v1`.
     pub base_url: Option<String>,
+    /// The most tokens a spoken turn's prompt holds, 128 to 32768 (default 512): earlier turns,
+    /// then the lowest-ranked passages, are left out to fit. The caller hears nothing until the
+    /// model has read the prompt, so a tighter prompt answers sooner.
+    pub prompt_tokens: u32,
 }
 
 /// Who synthesises an agent's speech.
@@ -218,6 +222,7 @@ impl From<VoiceSettings> for VoiceDto {
             model: value.model,
             remote_voice: value.remote_voice,
             base_url: value.base_url,
+            prompt_tokens: value.prompt_tokens,
         }
     }
 }
@@ -238,6 +243,7 @@ impl From<VoiceDto> for VoiceSettings {
             model: value.model,
             remote_voice: value.remote_voice,
             base_url: value.base_url,
+            prompt_tokens: value.prompt_tokens,
         }
     }
 }

@@ -148,6 +148,9 @@ pub struct CallStats {
     pub backchannels: u64,
     /// Caller transcripts ignored because they repeated the agent's own words.
     pub echo_transcripts: u64,
+    /// Turns whose transcript was started at the caller's pause, before the silence window
+    /// ended the turn (the caller did not speak again in between).
+    pub early_transcripts: u64,
 }
 
 #[derive(Debug, Default)]
@@ -157,6 +160,7 @@ struct Counters {
     barge_ins: AtomicU64,
     backchannels: AtomicU64,
     echo_transcripts: AtomicU64,
+    early_transcripts: AtomicU64,
 }
 
 impl std::fmt::Debug for CallEngine {
@@ -200,6 +204,7 @@ impl CallEngine {
             barge_ins: stats.barge_ins.load(Ordering::Relaxed),
             backchannels: stats.backchannels.load(Ordering::Relaxed),
             echo_transcripts: stats.echo_transcripts.load(Ordering::Relaxed),
+            early_transcripts: stats.early_transcripts.load(Ordering::Relaxed),
         }
     }
 

@@ -15,7 +15,7 @@ use parley_models::tts::TextToSpeech;
 use parley_models::vad::{EndOfTurn, EndOfTurnOptions, TurnEvent as VadEvent, VadStream, FRAME_SAMPLES};
 use parley_models::ModelError;
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use uuid::Uuid;
 
 use super::echo::EchoDetector;
@@ -36,6 +36,14 @@ const RATE: u32 = 16_000;
 const PRE_ROLL: usize = RATE as usize * 3 / 10;
 /// Audio kept after the detected end of speech, in samples.
 const TAIL: usize = RATE as usize / 5;
+/// How far the caller's audio may lag the call's clock (network jitter) before the gap is taken
+/// for silence.
+const SILENT_GAP_MS: u64 = 200;
+/// As [`SILENT_GAP_MS`], when the caller's last audio was speech.
+const STALLED_GAP_MS: u64 = 1_000;
+/// A pause this long (16 kHz samples, 300 ms) starts the early transcription of the utterance:
+/// long enough that pauses between words rarely do, short enough to save most of the window.
+const EARLY_PAUSE: usize = RATE as usize * 3 / 10;
 /// The longest utterance transcribed at once; a longer monologue is transcribed in parts.
 const MAX_UTTERANCE: usize = RATE as usize * 28;
 /// Echo delays searched, in milliseconds.
@@ -120,6 +128,34 @@ enum Transcription {
     Partial { utterance: u64 },
     /// A whole utterance.
     Final { start_ms: u64, end_ms: u64, end_of_turn_ms: f64, detected_at: Instant },
+    /// The utterance as it will be if the caller's pause becomes the end of the turn: its
+    /// first `len` samples, the speech and the tail the final transcription would keep.
+    Early { utterance: u64, len: usize },
+}
+
+/// A transcription started at the caller's pause, before the silence window ends the turn.
+/// Its audio is exactly what the final transcription would get when the caller does not speak
+/// again, so its transcript stands for the final one and the turn does not wait for whisper
+/// after the window.
+struct Early {
+    utterance: u64,
+    len: usize,
+    /// Aborted when the caller speaks again (a queued transcription is then skipped).
+    task: AbortHandle,
+    /// The transcript, once back (before the turn ended).
+    result: Option<Result<Transcript, ModelError>>,
+    /// The turn ended before the transcript came back: the final's details and its audio (in
+    /// case the early transcription fails and must be done again).
+    waiting: Option<(FinalTurn, Arc<[f32]>)>,
+}
+
+/// What a final transcription needs besides its audio.
+#[derive(Debug, Clone, Copy)]
+struct FinalTurn {
+    start_ms: u64,
+    end_ms: u64,
+    end_of_turn_ms: f64,
+    detected_at: Instant,
 }
 
 /// A sentence for the synthesis task.
@@ -187,6 +223,9 @@ struct Pipeline {
     reports: mpsc::UnboundedReceiver<Report>,
     report: mpsc::UnboundedSender<Report>,
     speak: mpsc::UnboundedSender<SpeakRequest>,
+    /// Sentences sent for synthesis and not yet back: the call is not idle while any wait
+    /// (the node's voice may be busy with other calls).
+    synthesizing: usize,
     /// Synthesis requests of older generations (before a barge-in) are skipped.
     generation: Arc<AtomicU64>,
     // Caller side.
@@ -196,10 +235,18 @@ struct Pipeline {
     vad_pending: Vec<f32>,
     /// 16 kHz samples the VAD has seen (the caller's clock).
     heard_samples: u64,
+    /// How far the caller's clock is behind the call's: the call's time before the caller's first
+    /// audio, plus every stretch in which the caller sent nothing (a client that stays silent
+    /// rather than send silence). Only grows, so audio fed faster than real time keeps its own
+    /// timing. Stored utterance times are on the call's clock.
+    caller_offset_ms: u64,
     recent: VecDeque<f32>,
     heard: Option<Heard>,
     utterances: u64,
     partial_in_flight: bool,
+    /// Frames since the caller's speech paused (as the end-of-turn detector counts them).
+    pause_frames: Option<u64>,
+    early: Option<Early>,
     /// Caller speech is being decided on (heard, not yet transcribed): the agent stays ducked.
     deciding: usize,
     last_speech_ms: Option<u64>,
@@ -266,16 +313,20 @@ impl Pipeline {
             reports,
             report,
             speak,
+            synthesizing: 0,
             generation,
             resampler,
             vad,
             turn,
             vad_pending: Vec::with_capacity(FRAME_SAMPLES),
             heard_samples: 0,
+            caller_offset_ms: 0,
             recent: VecDeque::with_capacity(PRE_ROLL + FRAME_SAMPLES),
             heard: None,
             utterances: 0,
             partial_in_flight: false,
+            pause_frames: None,
+            early: None,
             deciding: 0,
             last_speech_ms: None,
             speech_run: 0,
@@ -332,6 +383,7 @@ impl Pipeline {
     /// True while the agent is answering or speaking, or the caller is being heard.
     fn busy(&self) -> bool {
         !self.playout.is_empty()
+            || self.synthesizing > 0
             || self.replies.iter().any(|reply| reply.complete.is_none())
             || self.heard.is_some()
             || self.deciding > 0
@@ -345,6 +397,7 @@ impl Pipeline {
     /// One tick of the 20 ms clock: the next frame of the agent's audio, if any.
     fn tick(&mut self) -> Result<(), String> {
         self.hear()?;
+        self.fill_silence()?;
         let ducked = self.ducked() && !self.playout.is_empty();
         let gain = if ducked { self.settings.duck_gain } else { 1.0 };
         if ducked {
@@ -412,10 +465,39 @@ impl Pipeline {
         }
         let samples: Vec<f32> = samples.iter().map(|sample| f32::from(*sample) / 32768.0).collect();
         let audio = self.resampler.push(&samples).map_err(|error| error.to_string())?;
-        if let Some(recorder) = &mut self.recorder {
-            recorder.caller(&audio);
+        // The last of these samples arrived now: the caller's clock is at least the call's.
+        let queued = self.heard_samples + (self.vad_pending.len() + audio.len()) as u64;
+        let behind = self.now_ms().saturating_sub(queued * 1000 / u64::from(RATE));
+        self.caller_offset_ms = self.caller_offset_ms.max(behind);
+        self.feed(&audio)
+    }
+
+    /// A caller being heard who sends nothing (WebRTC clients may stop sending while silent)
+    /// is heard as silent: once the caller's audio lags the call's clock by more than
+    /// [`SILENT_GAP_MS`] in a pause, or [`STALLED_GAP_MS`] in the middle of speech (audio late
+    /// by less is waited for rather than cut with silence), silence fills the gap, so the end of
+    /// their turn is detected.
+    fn fill_silence(&mut self) -> Result<(), String> {
+        if self.heard.is_none() {
+            return Ok(());
         }
-        self.vad_pending.extend_from_slice(&audio);
+        let allowed = if self.pause_frames.is_some() { SILENT_GAP_MS } else { STALLED_GAP_MS };
+        let queued = self.heard_samples + self.vad_pending.len() as u64;
+        let caller_ms = self.call_ms(queued * 1000 / u64::from(RATE));
+        let behind = self.now_ms().saturating_sub(caller_ms);
+        if behind <= allowed {
+            return Ok(());
+        }
+        let missing = usize::try_from((behind - SILENT_GAP_MS) * u64::from(RATE) / 1000).unwrap_or(0);
+        self.feed(&vec![0.0; missing])
+    }
+
+    /// 16 kHz caller audio into the recording and, 32 ms at a time, the VAD.
+    fn feed(&mut self, audio: &[f32]) -> Result<(), String> {
+        if let Some(recorder) = &mut self.recorder {
+            recorder.caller(audio);
+        }
+        self.vad_pending.extend_from_slice(audio);
         let frames = self.vad_pending.len() / FRAME_SAMPLES;
         let pending = std::mem::take(&mut self.vad_pending);
         for frame in pending.chunks_exact(FRAME_SAMPLES).take(frames) {
@@ -427,6 +509,11 @@ impl Pipeline {
 
     fn caller_ms(&self) -> u64 {
         self.heard_samples * 1000 / u64::from(RATE)
+    }
+
+    /// A time on the caller's clock as a time since the call started.
+    fn call_ms(&self, caller_ms: u64) -> u64 {
+        caller_ms + self.caller_offset_ms
     }
 
     fn hear_frame(&mut self, frame: &[f32]) -> Result<(), String> {
@@ -446,6 +533,20 @@ impl Pipeline {
         if let Some(heard) = &mut self.heard {
             heard.audio.extend_from_slice(frame);
         }
+        // The pause as the end-of-turn detector counts it: from the first silent frame until speech.
+        self.pause_frames = if probability >= options.start_threshold {
+            None
+        } else if probability < options.end_threshold || self.pause_frames.is_some() {
+            Some(self.pause_frames.map_or(1, |frames| frames + 1))
+        } else {
+            None
+        };
+        // The caller speaks again: an early transcription of the pause is of no use.
+        if self.pause_frames.is_none() {
+            if let Some(early) = self.early.take_if(|early| early.result.is_none() && early.waiting.is_none()) {
+                early.task.abort();
+            }
+        }
         // Two speech frames in a row (64 ms) duck the agent: a single stray frame does not.
         self.speech_run = if probability >= options.start_threshold { self.speech_run + 1 } else { 0 };
         if self.speech_run >= 2 {
@@ -460,8 +561,8 @@ impl Pipeline {
                     .min(self.recent.len());
                 let audio: Vec<f32> = self.recent.iter().skip(self.recent.len() - keep).copied().collect();
                 self.utterances += 1;
-                self.heard =
-                    Some(Heard { number: self.utterances, start_ms: at_ms.saturating_sub(100), audio, partial_at: 0 });
+                let start_ms = self.call_ms(at_ms.saturating_sub(100));
+                self.heard = Some(Heard { number: self.utterances, start_ms, audio, partial_at: 0 });
             }
             Some(VadEvent::SpeechEnded { at_ms, .. }) => {
                 let end_of_turn_ms = self.caller_ms().saturating_sub(at_ms) as f64;
@@ -471,17 +572,26 @@ impl Pipeline {
                         .unwrap_or(usize::MAX);
                     let keep = heard.audio.len().saturating_sub(silence.saturating_sub(TAIL));
                     heard.audio.truncate(keep.max(1));
-                    self.transcribe_final(heard, at_ms, end_of_turn_ms);
+                    let turn = FinalTurn {
+                        start_ms: heard.start_ms,
+                        end_ms: self.call_ms(at_ms),
+                        end_of_turn_ms,
+                        detected_at: Instant::now(),
+                    };
+                    self.end_turn(heard, turn);
                 }
             }
-            None => self.maybe_partial(),
+            None => {
+                self.maybe_early();
+                self.maybe_partial();
+            }
         }
         Ok(())
     }
 
     fn maybe_partial(&mut self) {
         let interval = self.settings.partial_interval_ms;
-        let end_ms = self.caller_ms();
+        let end_ms = self.call_ms(self.caller_ms());
         let Some(heard) = &mut self.heard else { return };
         if heard.audio.len() >= MAX_UTTERANCE {
             // A monologue: transcribe what was said so far as a turn and go on listening.
@@ -494,7 +604,8 @@ impl Pipeline {
             return;
         }
         let step = usize::try_from(interval * u64::from(RATE) / 1000).unwrap_or(usize::MAX);
-        if interval == 0 || self.partial_in_flight || heard.audio.len() < heard.partial_at + step {
+        let early_running = self.early.as_ref().is_some_and(|early| early.result.is_none());
+        if interval == 0 || self.partial_in_flight || early_running || heard.audio.len() < heard.partial_at + step {
             return;
         }
         heard.partial_at = heard.audio.len();
@@ -505,16 +616,67 @@ impl Pipeline {
     }
 
     fn transcribe_final(&mut self, heard: Heard, end_ms: u64, end_of_turn_ms: f64) {
-        let audio: Arc<[f32]> = heard.audio.into();
+        let turn = FinalTurn { start_ms: heard.start_ms, end_ms, end_of_turn_ms, detected_at: Instant::now() };
+        self.transcribe_turn(heard.audio.into(), turn);
+    }
+
+    fn transcribe_turn(&mut self, audio: Arc<[f32]>, turn: FinalTurn) {
         self.deciding += 1;
-        let kind =
-            Transcription::Final { start_ms: heard.start_ms, end_ms, end_of_turn_ms, detected_at: Instant::now() };
-        self.transcribe(audio, kind, true);
+        let FinalTurn { start_ms, end_ms, end_of_turn_ms, detected_at } = turn;
+        self.transcribe(audio, Transcription::Final { start_ms, end_ms, end_of_turn_ms, detected_at }, true);
+    }
+
+    /// Once the caller has paused for [`EARLY_PAUSE`], transcribes the utterance as the turn
+    /// would end now (when the shared model has room), so that a pause
+    /// which becomes the end of the turn finds its transcript ready or under way.
+    fn maybe_early(&mut self) {
+        let Some(pause) = self.pause_frames else { return };
+        let Some(heard) = &self.heard else { return };
+        let silence = usize::try_from(pause).unwrap_or(usize::MAX).saturating_mul(FRAME_SAMPLES);
+        if silence < EARLY_PAUSE.max(TAIL) {
+            return;
+        }
+        // The same all through one pause: audio and silence grow together.
+        let len = heard.audio.len().saturating_sub(silence - TAIL).max(1);
+        if self.early.as_ref().is_some_and(|early| early.utterance == heard.number && early.len == len) {
+            return;
+        }
+        let audio: Arc<[f32]> = heard.audio[..len].into();
+        let utterance = heard.number;
+        let task = self.transcribe(audio, Transcription::Early { utterance, len }, false);
+        self.early = Some(Early { utterance, len, task, result: None, waiting: None });
+    }
+
+    /// The caller's turn has ended: its transcript is the early one when the caller did not
+    /// speak again since it was started, else it is transcribed now.
+    fn end_turn(&mut self, heard: Heard, turn: FinalTurn) {
+        let early = self.early.take_if(|early| early.utterance == heard.number && early.len == heard.audio.len());
+        let Some(mut early) = early else {
+            self.transcribe_turn(heard.audio.into(), turn);
+            return;
+        };
+        self.count(|stats| &stats.early_transcripts);
+        match early.result.take() {
+            Some(Ok(transcript)) => {
+                drop(heard);
+                self.deciding += 1;
+                let FinalTurn { start_ms, end_ms, end_of_turn_ms, detected_at } = turn;
+                let kind = Transcription::Final { start_ms, end_ms, end_of_turn_ms, detected_at };
+                let _ = self.report.send(Report::Transcribed { kind, result: Ok(transcript), took: Duration::ZERO });
+            }
+            Some(Err(_)) => self.transcribe_turn(heard.audio.into(), turn),
+            None => {
+                // Still being transcribed: wait for it (the agent stays ducked meanwhile).
+                self.deciding += 1;
+                early.waiting = Some((turn, heard.audio.into()));
+                self.early = Some(early);
+            }
+        }
     }
 
     /// Transcribes on the shared model in a helper task; a final transcription waits for room
     /// in the shared queue, a partial one is skipped when there is none.
-    fn transcribe(&mut self, audio: Arc<[f32]>, kind: Transcription, retry: bool) {
+    fn transcribe(&mut self, audio: Arc<[f32]>, kind: Transcription, retry: bool) -> AbortHandle {
         let speech_to_text = self.context.engines.speech_to_text.clone();
         let report = self.report.clone();
         let language = self.language.clone();
@@ -532,7 +694,7 @@ impl Pipeline {
             // The audio is dropped here, once transcribed.
             drop(audio);
             let _ = report.send(Report::Transcribed { kind, result, took: started.elapsed() });
-        });
+        })
     }
 
     async fn on_report(&mut self, report: Report) -> Result<(), String> {
@@ -547,30 +709,42 @@ impl Pipeline {
                     }
                 }
             }
+            Report::Transcribed { kind: Transcription::Early { utterance, len }, result, .. } => {
+                let Some(mut early) = self.early.take_if(|early| early.utterance == utterance && early.len == len)
+                else {
+                    // The caller spoke again: this transcript is not the turn's.
+                    return Ok(());
+                };
+                match early.waiting.take() {
+                    Some((turn, audio)) => match result {
+                        Ok(transcript) => {
+                            drop(audio);
+                            let waited = turn.detected_at.elapsed();
+                            self.on_final(turn, Ok(transcript), waited).await;
+                        }
+                        Err(_) => {
+                            // Not transcribed early (the shared model had no room): now, then.
+                            self.deciding = self.deciding.saturating_sub(1);
+                            self.transcribe_turn(audio, turn);
+                        }
+                    },
+                    None => {
+                        early.result = Some(result);
+                        self.early = Some(early);
+                    }
+                }
+            }
             Report::Transcribed {
                 kind: Transcription::Final { start_ms, end_ms, end_of_turn_ms, detected_at, .. },
                 result,
                 took,
             } => {
-                self.deciding = self.deciding.saturating_sub(1);
-                match result {
-                    Ok(transcript) => {
-                        let question = Question {
-                            text: spoken_text(&transcript.text),
-                            utterance: Utterance { start_ms, end_ms, language: Some(transcript.language) },
-                            end_of_turn_ms,
-                            transcription_ms: took.as_secs_f64() * 1e3,
-                            detected_at,
-                        };
-                        self.decide(question).await;
-                    }
-                    Err(error) => {
-                        tracing::warn!(call_id = %self.context.call_id, error = %error, "a caller utterance could not be transcribed");
-                    }
-                }
+                let turn = FinalTurn { start_ms, end_ms, end_of_turn_ms, detected_at };
+                self.on_final(turn, result, took).await;
             }
             Report::Answer { reply, event } => self.on_answer(reply, event).await,
             Report::Synthesized { generation, reply, text, samples, took, interruptible } => {
+                self.synthesizing = self.synthesizing.saturating_sub(1);
                 if let Some(number) = reply {
                     if let Some(reply) = self.reply_mut(number) {
                         reply.synthesizing = reply.synthesizing.saturating_sub(1);
@@ -585,6 +759,27 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// A turn's transcript is back; `waited` is how long the turn waited for it after its end.
+    async fn on_final(&mut self, turn: FinalTurn, result: Result<Transcript, ModelError>, waited: Duration) {
+        self.deciding = self.deciding.saturating_sub(1);
+        match result {
+            Ok(transcript) => {
+                let FinalTurn { start_ms, end_ms, end_of_turn_ms, detected_at } = turn;
+                let question = Question {
+                    text: spoken_text(&transcript.text),
+                    utterance: Utterance { start_ms, end_ms, language: Some(transcript.language) },
+                    end_of_turn_ms,
+                    transcription_ms: waited.as_secs_f64() * 1e3,
+                    detected_at,
+                };
+                self.decide(question).await;
+            }
+            Err(error) => {
+                tracing::warn!(call_id = %self.context.call_id, error = %error, "a caller utterance could not be transcribed");
+            }
+        }
     }
 
     /// What a transcribed utterance is: nothing, the agent's own words, a backchannel, or a
@@ -755,7 +950,9 @@ impl Pipeline {
             reply.first_queued_at.get_or_insert_with(Instant::now);
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let _ = self.speak.send(SpeakRequest { generation, reply, text, interruptible });
+        if self.speak.send(SpeakRequest { generation, reply, text, interruptible }).is_ok() {
+            self.synthesizing += 1;
+        }
     }
 
     fn reply_mut(&mut self, number: u64) -> Option<&mut Reply> {
@@ -877,6 +1074,7 @@ impl Pipeline {
     async fn wind_down(&mut self) {
         self.context.audio_in.close();
         self.heard = None;
+        self.early = None;
         self.recent.clear();
         if let Some((Some(number), text, played)) =
             self.playout.current().map(|(segment, played)| (segment.reply, segment.text.clone(), played))

@@ -124,7 +124,9 @@ pub struct Timings {
 pub struct VoiceTimings {
     /// The silence waited for before the caller's turn counted as over.
     pub end_of_turn_ms: f64,
-    /// Transcribing the caller's utterance (queue wait included).
+    /// Waiting, once the silence window closed, for the caller's utterance to be transcribed
+    /// (queue wait included). Transcription starts at the caller's pause, so this is 0 when it
+    /// finished within the window.
     pub transcription_ms: f64,
     /// Searching the knowledge base.
     pub retrieval_ms: f64,

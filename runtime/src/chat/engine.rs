@@ -618,7 +618,12 @@ async fn run_turn(
             question,
         },
         &Budget {
-            context_tokens: model.context_tokens(),
+            context_tokens: if session.conversation.channel.is_spoken() {
+                let spoken = agent.voice.prompt_tokens as usize + agent.model.max_tokens as usize;
+                model.context_tokens().min(spoken)
+            } else {
+                model.context_tokens()
+            },
             answer_tokens: agent.model.max_tokens as usize,
             count: &count,
         },
