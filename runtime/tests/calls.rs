@@ -100,9 +100,15 @@ struct Node {
     runtime: Runtime,
     principal: auth::Principal,
     _dir: tempfile::TempDir,
+    /// One node (one test) at a time: turn-taking is judged by what happens within tens of
+    /// milliseconds, which two calls sharing the two cores' whisper and model would blur.
+    _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
 }
 
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn node(embedder: Arc<dyn parley_models::Embedder>, tweak: impl FnOnce(&mut Settings)) -> Node {
+    let one_at_a_time = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Settings { data_dir: dir.path().to_owned(), ..Settings::default() };
     settings.demo.enabled = false;
@@ -112,7 +118,7 @@ async fn node(embedder: Arc<dyn parley_models::Embedder>, tweak: impl FnOnce(&mu
     let runtime = Runtime::with_database(settings, database, embedder).await.unwrap();
     let created = tenants::create(&runtime, "Town library").await.unwrap();
     let principal = auth::authenticate(&runtime, &created.owner_key.token).await.unwrap();
-    Node { runtime, principal, _dir: dir }
+    Node { runtime, principal, _dir: dir, _one_at_a_time: one_at_a_time }
 }
 
 impl Node {
