@@ -243,7 +243,8 @@ struct Pipeline {
     recent: VecDeque<f32>,
     heard: Option<Heard>,
     utterances: u64,
-    partial_in_flight: bool,
+    /// The partial transcription under way, if any.
+    partial: Option<AbortHandle>,
     /// Frames since the caller's speech paused (as the end-of-turn detector counts them).
     pause_frames: Option<u64>,
     early: Option<Early>,
@@ -324,7 +325,7 @@ impl Pipeline {
             recent: VecDeque::with_capacity(PRE_ROLL + FRAME_SAMPLES),
             heard: None,
             utterances: 0,
-            partial_in_flight: false,
+            partial: None,
             pause_frames: None,
             early: None,
             deciding: 0,
@@ -604,15 +605,22 @@ impl Pipeline {
             return;
         }
         let step = usize::try_from(interval * u64::from(RATE) / 1000).unwrap_or(usize::MAX);
+        // Nothing new to caption while the caller pauses; the pause's early transcription needs
+        // the shared model more.
         let early_running = self.early.as_ref().is_some_and(|early| early.result.is_none());
-        if interval == 0 || self.partial_in_flight || early_running || heard.audio.len() < heard.partial_at + step {
+        let pausing = self.pause_frames.is_some();
+        if interval == 0
+            || self.partial.is_some()
+            || early_running
+            || pausing
+            || heard.audio.len() < heard.partial_at + step
+        {
             return;
         }
         heard.partial_at = heard.audio.len();
         let audio: Arc<[f32]> = heard.audio.as_slice().into();
         let number = heard.number;
-        self.partial_in_flight = true;
-        self.transcribe(audio, Transcription::Partial { utterance: number }, false);
+        self.partial = Some(self.transcribe(audio, Transcription::Partial { utterance: number }, false));
     }
 
     fn transcribe_final(&mut self, heard: Heard, end_ms: u64, end_of_turn_ms: f64) {
@@ -643,6 +651,10 @@ impl Pipeline {
         }
         let audio: Arc<[f32]> = heard.audio[..len].into();
         let utterance = heard.number;
+        // A partial caption still waiting for the model would only delay this one.
+        if let Some(partial) = self.partial.take() {
+            partial.abort();
+        }
         let task = self.transcribe(audio, Transcription::Early { utterance, len }, false);
         self.early = Some(Early { utterance, len, task, result: None, waiting: None });
     }
@@ -700,7 +712,7 @@ impl Pipeline {
     async fn on_report(&mut self, report: Report) -> Result<(), String> {
         match report {
             Report::Transcribed { kind: Transcription::Partial { utterance }, result, .. } => {
-                self.partial_in_flight = false;
+                self.partial = None;
                 let current = self.heard.as_ref().is_some_and(|heard| heard.number == utterance);
                 if let (true, Ok(transcript)) = (current, result) {
                     let text = spoken_text(&transcript.text);
