@@ -766,9 +766,17 @@ mod tests {
         spoken.voice.base_url = Some("http://127.0.0.1:8000/v1".into());
         spoken.voice.remote_voice = Some(" ".into());
         assert_eq!(invalid_field(&spoken), "voice.remote_voice");
-        let mut local = agent;
+        let mut local = agent.clone();
         local.voice.base_url = Some("http://127.0.0.1:8000/v1".into());
         assert_eq!(invalid_field(&local), "voice.base_url");
+        for (tokens, valid) in [(127, false), (128, true), (32_768, true), (32_769, false)] {
+            let mut budgeted = agent.clone();
+            budgeted.voice.prompt_tokens = tokens;
+            match valid {
+                true => validate(&budgeted).unwrap(),
+                false => assert_eq!(invalid_field(&budgeted), "voice.prompt_tokens", "{tokens}"),
+            }
+        }
     }
 
     fn invalid_field(agent: &Agent) -> String {
@@ -786,5 +794,6 @@ mod tests {
         let settings: VoiceSettings = serde_json::from_str(stored).unwrap();
         assert_eq!(settings.provider, VoiceProvider::Local);
         assert_eq!((settings.model, settings.remote_voice, settings.base_url), (None, None, None));
+        assert_eq!(settings.prompt_tokens, 512, "stored agents get the spoken-prompt budget's default");
     }
 }
