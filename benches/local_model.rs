@@ -5,10 +5,13 @@
 //! inference thread, as a node runs it), a prompt built by `parley_runtime::chat::prompt::build`
 //! from the default persona, four support-site passages and a question (about 700 tokens),
 //! greedy decoding, at most 64 new tokens. One warm-up run, then five measured runs, each a
-//! fresh request (no cache is shared between requests). Per run: time to first token (request
-//! → first text piece: queue, prompt processing, first decoding step), and generation speed
-//! ((tokens − 1) / (last piece − first piece)). The prompt-processing rate quoted is prompt
-//! tokens / time to first token.
+//! fresh request computed from scratch (`reuse_prompt_starts: false`). Per run: time to first
+//! token (request → first text piece: queue, prompt processing, first decoding step), and
+//! generation speed ((tokens − 1) / (last piece − first piece)). The prompt-processing rate
+//! quoted is prompt tokens / time to first token.
+//!
+//! Then the same with prompt starts reused, as a node runs: each run's passages come in another
+//! order, so what a prompt shares with the one before is the persona and Parley's rules.
 //!
 //! Reference: `llama-bench -m <same file> -t 2 -p <same prompt token count> -n 64 -r 3 -o json`
 //! (`~/.cache/parley/peers/llama.cpp/build/bin/llama-bench`, built by `make llama-server`;
@@ -113,7 +116,9 @@ async fn run() -> Result<()> {
     let directory = parley_models::installed_dir(&settings.models_dir(), &parley_models::CHAT_MODEL_PACKAGE)
         .context("the chat model is not installed; run `make models`")?;
     let gguf = directory.join(parley_models::llm::local::MODEL_FILE);
-    let options = LocalModelOptions { inference_threads: 1, queue_capacity: 4 };
+    // Every measured prompt is computed from scratch, as llama-bench computes it; the reuse of
+    // prompt starts is measured separately below.
+    let options = LocalModelOptions { inference_threads: 1, queue_capacity: 4, reuse_prompt_starts: false };
     let loading = Instant::now();
     let model = LocalLanguageModel::load(&directory, options)?;
     let load_seconds = loading.elapsed().as_secs_f64();
@@ -133,27 +138,35 @@ async fn run() -> Result<()> {
             highlights: Vec::new(),
         })
         .collect();
-    let count = |text: &str| model.count_tokens(text);
-    let built = prompt::build(
-        &PromptInput {
-            persona: PERSONA,
-            agent_name: "Voltaro support",
-            no_answer_message: "I'm sorry, I don't know that. I can only answer from this site's documents.",
-            passages: &passages,
-            history: &[],
-            question: QUESTION,
-        },
-        &Budget { context_tokens: model.context_tokens(), answer_tokens: MAX_TOKENS as usize, count: &count },
-    );
-    if built.passages_used != passages.len() {
-        bail!("the prompt kept {} of {} passages", built.passages_used, passages.len());
-    }
-    let prompt_tokens = model.encode_prompt(&built.messages).len();
-    let request = GenerationRequest {
-        model: String::new(),
-        messages: built.messages,
-        params: GenerationParams { temperature: 0.0, top_p: 1.0, max_tokens: MAX_TOKENS, stop: Vec::new(), seed: None },
+    // The request with the passages turned by `rotation` (renumbered in their new order).
+    let request_for = |model: &LocalLanguageModel, rotation: usize| -> Result<(GenerationRequest, usize)> {
+        let mut passages = passages.clone();
+        let turn = rotation % passages.len();
+        passages.rotate_left(turn);
+        for (index, passage) in passages.iter_mut().enumerate() {
+            passage.number = index + 1;
+        }
+        let count = |text: &str| model.count_tokens(text);
+        let built = prompt::build(
+            &PromptInput {
+                persona: PERSONA,
+                agent_name: "Voltaro support",
+                no_answer_message: "I'm sorry, I don't know that. I can only answer from this site's documents.",
+                passages: &passages,
+                history: &[],
+                question: QUESTION,
+            },
+            &Budget { context_tokens: model.context_tokens(), answer_tokens: MAX_TOKENS as usize, count: &count },
+        );
+        if built.passages_used != passages.len() {
+            bail!("the prompt kept {} of {} passages", built.passages_used, passages.len());
+        }
+        let prompt_tokens = model.encode_prompt(&built.messages).len();
+        let params =
+            GenerationParams { temperature: 0.0, top_p: 1.0, max_tokens: MAX_TOKENS, stop: Vec::new(), seed: None };
+        Ok((GenerationRequest { model: String::new(), messages: built.messages, params }, prompt_tokens))
     };
+    let (request, prompt_tokens) = request_for(&model, 0)?;
 
     let mut runs = Vec::new();
     let mut answer = String::new();
@@ -168,6 +181,28 @@ async fn run() -> Result<()> {
         if index >= WARM_UP_RUNS {
             runs.push(run);
             answer = text;
+        }
+    }
+    drop(model);
+
+    // The same prompt with a prompt start reused: the model has seen prompts of the same persona
+    // and rules before, with the passages in other orders (so what is common ends where the
+    // first passage begins, as between two questions to one agent).
+    let model = LocalLanguageModel::load(&directory, LocalModelOptions { reuse_prompt_starts: true, ..options })?;
+    let mut reuse_runs = Vec::new();
+    let mut reused = Vec::new();
+    for index in 0..WARM_UP_RUNS + MEASURED_RUNS {
+        let (request, _) = request_for(&model, index + 1)?;
+        let before = model.reused_prompt_tokens();
+        let (run, _) = generate(&model, &request).await?;
+        eprintln!(
+            "reuse run {index}: first token {:.0} ms, {} prompt tokens reused",
+            run.first_token.as_secs_f64() * 1e3,
+            model.reused_prompt_tokens() - before
+        );
+        if index >= WARM_UP_RUNS {
+            reused.push((model.reused_prompt_tokens() - before) as f64);
+            reuse_runs.push(run);
         }
     }
     drop(model);
@@ -205,6 +240,12 @@ async fn run() -> Result<()> {
     println!(
         "| Parley (candle, `LocalLanguageModel`) | {prompt_rate:.1} (prompt tokens / time to first token) | \
          {generation_rate:.1} | {first_token_ms:.0} ms |"
+    );
+    println!(
+        "| Parley, the prompt's start reused ({:.0} of {prompt_tokens} tokens, median) | – | {:.1} | {:.0} ms |",
+        median(reused),
+        median(reuse_runs.iter().map(Run::tokens_per_second).collect()),
+        median(reuse_runs.iter().map(|run| run.first_token.as_secs_f64() * 1e3).collect())
     );
 
     let llama_bench = std::env::var_os("PARLEY_LLAMA_BENCH").map(PathBuf::from).unwrap_or_else(|| {

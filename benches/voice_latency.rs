@@ -134,6 +134,23 @@ async fn run(turns: usize, silence_ms: u32) -> Result<()> {
         }
     );
     println!("- **Caller audio dropped:** {} samples.", finished.dropped_samples);
+    let partials: Vec<f64> = finished.first_partials().into_iter().flatten().collect();
+    println!(
+        "- **Partial captions:** {} of {} questions had a caption of the caller's words before their final one{}.",
+        partials.len(),
+        finished.asked.len(),
+        if partials.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; the first came {:.0} ms after the end of speech at the median (min {:.0}, max {:.0}; negative: \
+                 while the caller was still speaking)",
+                percentile(&partials, 50.0),
+                percentile(&partials, 0.0),
+                percentile(&partials, 100.0)
+            )
+        }
+    );
     println!();
 
     let stage = |pick: &dyn Fn(&VoiceTimings) -> Option<f64>| -> Vec<f64> { voices.iter().filter_map(pick).collect() };

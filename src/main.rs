@@ -289,6 +289,7 @@ async fn load_chat_model(settings: &Settings, runtime: &Runtime) -> anyhow::Resu
         let options = parley_models::LocalModelOptions {
             inference_threads: settings.models.local_threads,
             queue_capacity: settings.models.local_queue,
+            ..parley_models::LocalModelOptions::default()
         };
         let model =
             tokio::task::spawn_blocking(move || parley_models::LocalLanguageModel::load(&model_dir, options)).await??;

@@ -160,6 +160,7 @@ pub fn load_models(bench: &str) -> Result<Option<Models>> {
     let options = LocalModelOptions {
         inference_threads: settings.models.local_threads,
         queue_capacity: settings.models.local_queue,
+        ..LocalModelOptions::default()
     };
     let language_model = Arc::new(LocalLanguageModel::load(&chat_dir, options)?);
     let embedding_dir = match parley_models::installed_dir(&models_dir, &parley_models::EMBEDDING_PACKAGE) {
@@ -359,6 +360,8 @@ pub struct Caller {
     pub last_audio: Option<Instant>,
     /// Final caller captions: what the node heard.
     pub heard: Vec<String>,
+    /// When each caller caption arrived: (partial or final, when).
+    pub caller_captions: Vec<(bool, Instant)>,
     pub agent_captions: usize,
     pub ended: bool,
     /// Why the call ended, when it ended on its own.
@@ -379,6 +382,7 @@ impl Caller {
             loud_frames: Vec::new(),
             last_audio: None,
             heard: Vec::new(),
+            caller_captions: Vec::new(),
             agent_captions: 0,
             ended: false,
             end_reason: None,
@@ -485,7 +489,12 @@ impl Caller {
                     self.loud_frames.push(now);
                 }
             }
-            Some(CallEvent::Caption { speaker: Speaker::Caller, text, is_final: true }) => self.heard.push(text),
+            Some(CallEvent::Caption { speaker: Speaker::Caller, text, is_final }) => {
+                self.caller_captions.push((is_final, now));
+                if is_final {
+                    self.heard.push(text);
+                }
+            }
             Some(CallEvent::Caption { speaker: Speaker::Agent, is_final: true, .. }) => self.agent_captions += 1,
             Some(CallEvent::Caption { .. } | CallEvent::Clear) => {}
         }
@@ -554,6 +563,7 @@ impl Caller {
             asked: self.asked,
             loud_frames: self.loud_frames,
             heard: self.heard,
+            caller_captions: self.caller_captions,
         })
     }
 }
@@ -565,9 +575,29 @@ pub struct Finished {
     pub asked: Vec<Asked>,
     pub loud_frames: Vec<Instant>,
     pub heard: Vec<String>,
+    /// When each caller caption arrived: (final, when).
+    pub caller_captions: Vec<(bool, Instant)>,
 }
 
 impl Finished {
+    /// For each question asked: how long after its speech ended the first partial caption of
+    /// it came (negative: while it was still being said), `None` when its final caption came
+    /// first.
+    pub fn first_partials(&self) -> Vec<Option<f64>> {
+        self.asked
+            .iter()
+            .map(|asked| {
+                let (started, ended) = (asked.started?, asked.speech_ended?);
+                let captions = self.caller_captions.iter().filter(|(_, at)| *at >= started);
+                let (is_final, at) = captions.clone().next()?;
+                if *is_final {
+                    return None;
+                }
+                Some(if *at >= ended { millis(at.duration_since(ended)) } else { -millis(ended.duration_since(*at)) })
+            })
+            .collect()
+    }
+
     /// The first loud agent frame of an answer that starts after `after`; see [`answer_onset`].
     pub fn answer_after(&self, after: Instant) -> Option<Instant> {
         answer_onset(&self.loud_frames, after)

@@ -756,7 +756,7 @@ async fn spoken_turns_get_a_tighter_prompt_than_chat() {
     let Some(models) = models() else { return };
     let node = node(models.embedder.clone(), |_| {}).await;
     let chat_model = installed_dir(&models_dir(), &parley_models::CHAT_MODEL_PACKAGE).unwrap();
-    let options = parley_models::LocalModelOptions { inference_threads: 1, queue_capacity: 4 };
+    let options = parley_models::LocalModelOptions { inference_threads: 1, queue_capacity: 4, ..Default::default() };
     node.runtime.models().set_local(Arc::new(parley_models::LocalLanguageModel::load(&chat_model, options).unwrap()));
     let input = AgentInput {
         name: Some("Library".to_owned()),

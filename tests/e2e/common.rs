@@ -233,7 +233,8 @@ pub fn chat_model() -> Arc<dyn parley_models::llm::LanguageModel> {
             let settings = Settings { home_dir: std::env::var_os("HOME").map(PathBuf::from), ..Settings::default() };
             let directory = parley_models::installed_dir(&settings.models_dir(), &parley_models::CHAT_MODEL_PACKAGE)
                 .unwrap_or_else(|error| panic!("the chat model is not installed ({error}); run `make models`"));
-            let options = parley_models::LocalModelOptions { inference_threads: 1, queue_capacity: 64 };
+            let options =
+                parley_models::LocalModelOptions { inference_threads: 1, queue_capacity: 64, ..Default::default() };
             Arc::new(parley_models::LocalLanguageModel::load(&directory, options).unwrap())
         })
         .clone()

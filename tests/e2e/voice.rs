@@ -41,6 +41,12 @@ const QUESTION: &str = "How many days do I have to return an item?";
 /// The public URL the phone test's node believes Twilio reaches it at.
 const PUBLIC_URL: &str = "https://voice.parley.test";
 const TWILIO_TOKEN: &str = "twilio-auth-token-for-tests";
+/// A greeting long enough (about 25 s) for a caller to ask over it.
+const LONG_GREETING: &str =
+    "Hello, and thank you for calling the returns desk. We can help you with returns, refunds, \
+    exchanges and deliveries, and with any question about an order you placed with us. Our team is here from nine in \
+    the morning until five in the evening on weekdays, and from ten until two on Saturdays. If you have your order \
+    number to hand, it helps us find your order quickly. Please tell me what you need today.";
 /// How long an answer may take on a small machine (whisper, the local model, the voice).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -117,11 +123,11 @@ impl VoiceNode {
     /// A tenant with one voice agent (answering from a document about returns); returns the
     /// agent's public id.
     async fn voice_agent(&mut self, voice: Value, allowed_origins: Value) -> String {
-        self.voice_agent_with(voice, allowed_origins, None).await
+        self.voice_agent_with(voice, allowed_origins, json!({})).await
     }
 
-    /// Like `voice_agent`, with the agent's retention settings.
-    async fn voice_agent_with(&mut self, voice: Value, allowed_origins: Value, retention: Option<Value>) -> String {
+    /// Like `voice_agent`, with more of the agent's settings (`retention`, `greeting`).
+    async fn voice_agent_with(&mut self, voice: Value, allowed_origins: Value, more: Value) -> String {
         let (status, tenant) =
             self.call(reqwest::Method::POST, "/admin/v1/tenants", OPERATOR_KEY, Some(json!({ "name": "Voice" }))).await;
         assert_eq!(status, 201, "{tenant}");
@@ -132,11 +138,11 @@ impl VoiceNode {
                 reqwest::Method::POST,
                 "/admin/v1/agents",
                 &token,
-                Some(match retention {
-                    Some(retention) => json!({
-                        "name": "Voice agent", "voice": voice, "allowed_origins": allowed_origins, "retention": retention,
-                    }),
-                    None => json!({ "name": "Voice agent", "voice": voice, "allowed_origins": allowed_origins }),
+                Some({
+                    let mut agent =
+                        json!({ "name": "Voice agent", "voice": voice, "allowed_origins": allowed_origins });
+                    agent.as_object_mut().unwrap().extend(more.as_object().unwrap().clone());
+                    agent
                 }),
             )
             .await;
@@ -873,6 +879,204 @@ where
     })
 }
 
+/// How far behind its arrival a `TwilioPhone` plays the agent's audio: the network and
+/// Twilio's buffer. Longer than the node's one second between marks, so a clear while the
+/// agent speaks always finds a mark in the buffer.
+const PHONE_DELAY: Duration = Duration::from_millis(1_500);
+
+/// What a `TwilioPhone` holds, has played and has seen.
+#[derive(Default)]
+struct PhoneState {
+    /// μ-law still to be said into the microphone.
+    microphone: std::collections::VecDeque<u8>,
+    /// The agent's audio (`Some`: one frame) and marks (`None`), with when each arrived.
+    buffer: std::collections::VecDeque<(Instant, Option<Vec<i16>>, Option<String>)>,
+    /// Loud frames of agent audio played.
+    loud_played: usize,
+    /// Marks sent back once the audio before them had played.
+    marks_played: Vec<String>,
+    /// Marks sent back because a `clear` dropped them.
+    marks_cleared: Vec<String>,
+    clears: usize,
+    /// Frames of agent audio a `clear` dropped.
+    frames_cleared: usize,
+    /// Events that are not Twilio's protocol, or broken.
+    unexpected: Vec<String>,
+    /// Asked to hang up: a `stop` event goes out on the next tick.
+    stop: bool,
+    /// Set once the stream closed, with the node's close frame if it sent one.
+    closed: Option<Option<tungstenite::protocol::CloseFrame>>,
+}
+
+/// A phone on a Twilio Media Stream, played as Twilio plays one: the microphone goes out as a
+/// `media` event every 20 ms (silence while nobody speaks); the agent's audio plays
+/// `PHONE_DELAY` after it arrived; a `mark` goes back once the audio before it has played,
+/// and a `clear` drops the buffered audio and sends back every mark it held.
+struct TwilioPhone {
+    state: Arc<Mutex<PhoneState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TwilioPhone {
+    fn start(
+        socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+        account_sid: &str,
+        stream_sid: &'static str,
+        parameters: Value,
+    ) -> TwilioPhone {
+        let state = Arc::new(Mutex::new(PhoneState::default()));
+        let shared = Arc::clone(&state);
+        let [connected, start] = start_events(account_sid, stream_sid, parameters);
+        let stop = json!({ "event": "stop", "streamSid": stream_sid,
+                           "stop": { "accountSid": account_sid, "callSid": "CA0001" } });
+        let task = tokio::spawn(async move {
+            let text = |value: Value| tungstenite::Message::Text(value.to_string().into());
+            let (mut writer, mut reader) = socket.split();
+            for event in [connected, start] {
+                if writer.send(text(event)).await.is_err() {
+                    return;
+                }
+            }
+            let mark = |name: String| json!({ "event": "mark", "streamSid": stream_sid, "mark": { "name": name } });
+            let mut clock = tokio::time::interval(Duration::from_millis(20));
+            let mut chunk = 0u64;
+            let mut stopped = false;
+            loop {
+                let mut out = Vec::new();
+                tokio::select! {
+                    _ = clock.tick(), if !stopped => {
+                        let mut state = shared.lock().unwrap();
+                        if state.stop {
+                            stopped = true;
+                            out.push(stop.clone());
+                        } else {
+                            chunk += 1;
+                            let take = state.microphone.len().min(160);
+                            let mut codes: Vec<u8> = state.microphone.drain(..take).collect();
+                            codes.resize(160, 0xFF);
+                            out.push(json!({
+                                "event": "media", "streamSid": stream_sid,
+                                "media": { "track": "inbound", "chunk": chunk.to_string(),
+                                           "timestamp": (chunk * 20).to_string(), "payload": STANDARD.encode(&codes) }
+                            }));
+                            while state.buffer.front().is_some_and(|(arrived, _, _)| arrived.elapsed() >= PHONE_DELAY) {
+                                match state.buffer.pop_front() {
+                                    Some((_, Some(frame), _)) if rms(&frame) > 300.0 => state.loud_played += 1,
+                                    Some((_, None, Some(name))) => {
+                                        state.marks_played.push(name.clone());
+                                        out.push(mark(name));
+                                    }
+                                    _ => {}
+                                }
+                            }
+                        }
+                    }
+                    message = reader.next() => {
+                        let mut state = shared.lock().unwrap();
+                        let message = match message {
+                            Some(Ok(message)) => message,
+                            Some(Err(_)) | None => {
+                                state.closed = Some(None);
+                                return;
+                            }
+                        };
+                        let event: Value = match message {
+                            tungstenite::Message::Close(frame) => {
+                                state.closed = Some(frame);
+                                return;
+                            }
+                            tungstenite::Message::Text(text) => match serde_json::from_str(text.as_str()) {
+                                Ok(event) => event,
+                                Err(_) => {
+                                    state.unexpected.push(format!("not JSON: {text}"));
+                                    continue;
+                                }
+                            },
+                            _ => continue,
+                        };
+                        if event["streamSid"] != stream_sid {
+                            state.unexpected.push(format!("another stream: {event}"));
+                        }
+                        match event["event"].as_str().unwrap_or_default() {
+                            "media" => {
+                                match event["media"]["payload"].as_str().map(|payload| STANDARD.decode(payload)) {
+                                    Some(Ok(codes)) if codes.len() == 160 => {
+                                        let frame = parley_channels::voice::mulaw::decode(&codes);
+                                        state.buffer.push_back((Instant::now(), Some(frame), None));
+                                    }
+                                    _ => state.unexpected.push(format!("not 20 ms of μ-law: {event}")),
+                                }
+                            }
+                            "mark" => match event["mark"]["name"].as_str() {
+                                Some(name) => state.buffer.push_back((Instant::now(), None, Some(name.to_owned()))),
+                                None => state.unexpected.push(format!("a mark without a name: {event}")),
+                            },
+                            "clear" => {
+                                state.clears += 1;
+                                let dropped: Vec<_> = state.buffer.drain(..).collect();
+                                for (_, frame, name) in dropped {
+                                    state.frames_cleared += usize::from(frame.is_some());
+                                    if let Some(name) = name {
+                                        state.marks_cleared.push(name.clone());
+                                        out.push(mark(name));
+                                    }
+                                }
+                            }
+                            _ => state.unexpected.push(format!("not Twilio's protocol: {event}")),
+                        }
+                    }
+                }
+                for event in out {
+                    if writer.send(text(event)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        TwilioPhone { state, task }
+    }
+
+    /// Says `samples` (8 kHz) into the microphone: sent as μ-law in real time from the next tick.
+    fn say(&self, samples: &[i16]) {
+        self.state.lock().unwrap().microphone.extend(parley_channels::voice::mulaw::encode(samples));
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PhoneState> {
+        self.state.lock().unwrap()
+    }
+
+    async fn wait_until(&self, what: &str, timeout: Duration, done: impl Fn(&PhoneState) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let state = self.state();
+                if done(&state) {
+                    return;
+                }
+                assert!(state.closed.is_none(), "the stream closed ({:?}) while waiting for {what}", state.closed);
+                assert!(
+                    Instant::now() < deadline,
+                    "no {what} in {timeout:?}: {} loud frames played, {} clears, unexpected {:?}",
+                    state.loud_played,
+                    state.clears,
+                    state.unexpected
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends `stop` and waits for the node to close the stream; returns what the phone saw.
+    async fn hang_up(self) -> PhoneState {
+        self.state().stop = true;
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the node closes the stream after stop")
+            .unwrap();
+        std::mem::take(&mut *self.state.lock().unwrap())
+    }
+}
+
 /// Connects like Twilio does: a WebSocket with `X-Twilio-Signature` over the URL it was given.
 async fn twilio_connect(
     base: &str,
@@ -894,7 +1098,9 @@ async fn twilio_connect(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twilio_stream_is_signed_heard_and_answered_in_mulaw() {
     let mut node = VoiceNode::start();
-    let public_id = node.voice_agent(json!({ "enabled": true }), json!(["https://allowed.example"])).await;
+    let voice = json!({ "enabled": true, "disclosure": "This call is transcribed." });
+    let public_id =
+        node.voice_agent_with(voice, json!(["https://allowed.example"]), json!({ "greeting": LONG_GREETING })).await;
     let signed_url = format!("{}/v1/agents/{public_id}/phone/twilio", PUBLIC_URL.replacen("https://", "wss://", 1));
 
     // Without stored credentials, nothing is accepted.
@@ -911,69 +1117,49 @@ async fn twilio_stream_is_signed_heard_and_answered_in_mulaw() {
         return;
     }
 
-    let mut socket = twilio_connect(&node.base, &public_id, Some(twilio_signature(&signed_url))).await.unwrap();
-    let send = |value: Value| tungstenite::Message::Text(value.to_string().into());
-    for event in start_events(&account_sid, "MZ0001", json!({ "From": "+15550100" })) {
-        socket.send(send(event)).await.unwrap();
-    }
+    // A phone, played as Twilio plays one, asks over the greeting: the node clears what Twilio
+    // holds, the phone returns the marks it held, and the question is answered.
+    let socket = twilio_connect(&node.base, &public_id, Some(twilio_signature(&signed_url))).await.unwrap();
+    let phone = TwilioPhone::start(socket, &account_sid, "MZ0001", json!({ "From": "+15550100" }));
+    // The short disclosure (about 2 s), then 3 s into the greeting.
+    phone.wait_until("the greeting", Duration::from_secs(60), |state| state.loud_played >= 250).await;
     let (speech, rate) = synthesise(QUESTION);
-    let mut codes = parley_channels::voice::mulaw::encode(&resample(&speech, rate, 8_000));
-    codes.extend(std::iter::repeat_n(0xFF, 8_000 * 2));
-    let (writer, mut reader) = socket.split();
-    let sender = send_media(writer, codes, "MZ0001");
-    // The agent speaks (the disclosure, then the answer) as μ-law media events on this stream.
-    let (mut loud_frames, mut marks) = (0usize, 0usize);
-    let deadline = Instant::now() + ANSWER_TIMEOUT;
-    while loud_frames < 150 {
-        let message = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), reader.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {loud_frames} loud frames of agent audio"))
-            .expect("the stream closed")
-            .unwrap();
-        if let tungstenite::Message::Close(frame) = &message {
-            panic!("the node closed the stream after {loud_frames} loud frames: {frame:?}\n{}", node.log());
-        }
-        let tungstenite::Message::Text(text) = message else { continue };
-        let event: Value = serde_json::from_str(text.as_str()).unwrap();
-        assert_eq!(event["streamSid"], "MZ0001", "{event}");
-        match event["event"].as_str().unwrap() {
-            "media" => {
-                let codes = STANDARD.decode(event["media"]["payload"].as_str().unwrap()).unwrap();
-                assert_eq!(codes.len(), 160, "20 ms of μ-law at 8 kHz");
-                if rms(&parley_channels::voice::mulaw::decode(&codes)) > 300.0 {
-                    loud_frames += 1;
-                }
-            }
-            "mark" => marks += 1,
-            "clear" => {}
-            other => panic!("unexpected event {other}"),
-        }
-    }
-    assert!(marks > 0, "marks follow the agent's audio");
-    let mut writer = sender.await.unwrap();
-    writer
-        .send(tungstenite::Message::Text(
-            json!({ "event": "stop", "sequenceNumber": "9999", "streamSid": "MZ0001", "stop": { "accountSid": account_sid, "callSid": "CA0001" } })
-                .to_string()
-                .into(),
-        ))
-        .await
-        .unwrap();
-    // The node closes the stream once the call has ended.
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(Ok(message)) = reader.next().await {
-            if matches!(message, tungstenite::Message::Close(_)) {
-                return true;
-            }
-        }
-        true
-    })
-    .await;
-    assert_eq!(closed, Ok(true));
+    phone.say(&resample(&speech, rate, 8_000));
+    phone.wait_until("a clear over the greeting", ANSWER_TIMEOUT, |state| state.clears > 0).await;
+    let after_clear = phone.state().loud_played;
+    phone
+        .wait_until("the agent's answer after the clear", ANSWER_TIMEOUT, |state| state.loud_played >= after_clear + 50)
+        .await;
+    let state = phone.hang_up().await;
+    eprintln!(
+        "phone: {} loud frames played, {} clear(s) dropping {} frames, marks back after playing {:?}, on clear {:?}",
+        state.loud_played, state.clears, state.frames_cleared, state.marks_played, state.marks_cleared
+    );
+    assert!(
+        !state.marks_cleared.is_empty() && !state.marks_played.is_empty(),
+        "marks went back both after playing and on clear: {:?} / {:?}",
+        state.marks_played,
+        state.marks_cleared
+    );
+    assert!(state.frames_cleared > 0, "the clear dropped the greeting's buffered audio");
+    assert!(state.unexpected.is_empty(), "{:?}", state.unexpected);
+    // The node closed the stream once the call had ended, and the question was heard.
+    assert!(matches!(state.closed, Some(Some(_))), "{:?}\n{}", state.closed, node.log());
     let (status, conversations) =
         node.call(reqwest::Method::GET, "/admin/v1/conversations?channel=phone", &token, None).await;
     assert_eq!(status, 200, "{conversations}");
     assert_eq!(conversations["items"].as_array().unwrap().len(), 1, "{conversations}");
+    let conversation_id = conversations["items"][0]["id"].as_str().unwrap();
+    let (status, transcript) =
+        node.call(reqwest::Method::GET, &format!("/admin/v1/conversations/{conversation_id}"), &token, None).await;
+    assert_eq!(status, 200, "{transcript}");
+    let heard = transcript["messages"][0]["text"].as_str().unwrap_or_default();
+    let said = crate::common::words(QUESTION);
+    let heard_words = crate::common::words(heard);
+    let matched = said.iter().filter(|word| heard_words.contains(word)).count();
+    assert!(matched * 10 >= said.len() * 6, "the question as stored: {transcript}");
+    assert_eq!(transcript["messages"][1]["role"], "assistant", "{transcript}");
+    let send = |value: Value| tungstenite::Message::Text(value.to_string().into());
 
     // A stream that breaks the protocol is closed with a reason: media before `start`, broken
     // base64 in a started stream, broken JSON, and `start` twice.
@@ -1104,7 +1290,8 @@ async fn a_recorded_call_comes_back_as_wav_and_is_sealed_on_disk() {
     }
     let mut node = VoiceNode::start();
     let retention = json!({ "record_audio": true, "audio_days": 7, "storage_tier": "full" });
-    let public_id = node.voice_agent_with(json!({ "enabled": true }), json!([]), Some(retention)).await;
+    let public_id =
+        node.voice_agent_with(json!({ "enabled": true }), json!([]), json!({ "retention": retention })).await;
     let token = node.token.clone();
     let (account_sid, _) = node.store_twilio_credentials().await;
     let (speech, rate) = synthesise(QUESTION);

@@ -7,6 +7,9 @@
 //!   to Q8_0 at load: about 2.5x faster decoding and 3x faster prompt processing for
 //!   SmolLM2's Q4_1, at the cost of ~50 MB more memory and answers that are not bit-identical
 //!   to the Q4_1 arithmetic.
+//! - A prompt that begins like an earlier one (every prompt of an agent opens with Parley's
+//!   rules and its persona) resumes from the model's state after that common start instead of
+//!   computing it again; the answer is the same bit for bit (see `prefix`).
 //! - The context window is the file's `llama.context_length`, capped at candle's
 //!   `quantized_llama::MAX_SEQ_LEN` (4096), beyond which its rotary tables do not reach.
 //! - Generation runs on dedicated threads fed by a bounded queue: [`LanguageModel::generate`]
@@ -17,6 +20,7 @@
 //!   the next token once its receiver is dropped.
 
 mod output;
+mod prefix;
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -42,15 +46,13 @@ use super::{
 };
 use crate::error::ModelError;
 use output::{Step, TextOutput};
+use prefix::{chunk_end, PrefixCache, Start};
 
 /// The model file in an installed model directory.
 pub const MODEL_FILE: &str = "model.gguf";
 
 /// Events a stream buffers before generation waits for the reader.
 const STREAM_CAPACITY: usize = 32;
-
-/// Prompt tokens fed to the model per forward pass (bounds the attention matrix's memory).
-const PREFILL_CHUNK: usize = 256;
 
 const IM_START: &str = "<|im_start|>";
 const IM_END: &str = "<|im_end|>";
@@ -64,11 +66,14 @@ pub struct LocalModelOptions {
     /// Accepted requests waiting for a thread; further requests wait in
     /// [`LanguageModel::generate`] (0 counts as 1).
     pub queue_capacity: usize,
+    /// Resume prompts from the computed start of earlier prompts that began the same way (on by
+    /// default; off only to measure prompt processing from scratch).
+    pub reuse_prompt_starts: bool,
 }
 
 impl Default for LocalModelOptions {
     fn default() -> Self {
-        Self { inference_threads: 1, queue_capacity: 16 }
+        Self { inference_threads: 1, queue_capacity: 16, reuse_prompt_starts: true }
     }
 }
 
@@ -110,6 +115,8 @@ struct Engine {
     stop_ids: Vec<u32>,
     context_tokens: usize,
     device: Device,
+    /// Prompt starts already computed, for prompts that begin the same way.
+    prefixes: PrefixCache,
 }
 
 /// ChatML: `<|im_start|>{role}\n{content}<|im_end|>\n` per message, then `<|im_start|>assistant\n`.
@@ -136,6 +143,7 @@ impl LocalLanguageModel {
         let options = LocalModelOptions {
             inference_threads: options.inference_threads.max(1),
             queue_capacity: options.queue_capacity.max(1),
+            ..options
         };
         let path = model_dir.join(MODEL_FILE);
         let invalid = |reason: String| ModelError::InvalidModel { path: path.clone(), reason };
@@ -190,7 +198,9 @@ impl LocalLanguageModel {
             queue = options.queue_capacity,
             "local language model loaded"
         );
-        let engine = Arc::new(Engine { id, path, weights, tokenizer, chat, stop_ids, context_tokens, device });
+        let prefixes = PrefixCache::new(options.reuse_prompt_starts);
+        let engine =
+            Arc::new(Engine { id, path, weights, tokenizer, chat, stop_ids, context_tokens, device, prefixes });
 
         let (jobs, queue) = mpsc::channel(options.queue_capacity);
         let queue = Arc::new(Mutex::new(queue));
@@ -226,6 +236,12 @@ impl LocalLanguageModel {
     /// The prompt's token ids, exactly as [`LanguageModel::generate`] feeds them to the model.
     pub fn encode_prompt(&self, messages: &[ChatMessage]) -> Vec<u32> {
         self.engine.chat.encode(messages, &self.engine.tokenizer)
+    }
+
+    /// Prompt tokens whose keys and values came from an earlier prompt that began the same way
+    /// instead of being computed, since load.
+    pub fn reused_prompt_tokens(&self) -> u64 {
+        self.engine.prefixes.reused_tokens()
     }
 }
 
@@ -445,21 +461,25 @@ impl Engine {
         let started = Instant::now();
         let queue_wait = started.duration_since(job.queued_at);
         let params = &job.params;
-        let mut model = self.weights.clone();
+        let Start { mut model, mut position, keep_at } = self.prefixes.start(&job.prompt, &self.weights);
         let mut sampler = LogitsProcessor::from_sampling(params.seed.unwrap_or_else(random_seed), sampling(params));
         let mut output = TextOutput::new(&params.stop);
         let prompt_tokens = job.prompt.len();
 
-        let mut position = 0;
+        let reused = position;
         let mut logits = None;
-        for chunk in job.prompt.chunks(PREFILL_CHUNK) {
+        while position < prompt_tokens {
             if job.events.is_closed() {
                 return Ok(());
             }
-            let input = Tensor::new(chunk, &self.device).and_then(|input| input.unsqueeze(0));
+            let end = chunk_end(position, prompt_tokens);
+            let input = Tensor::new(&job.prompt[position..end], &self.device).and_then(|input| input.unsqueeze(0));
             logits =
                 Some(input.and_then(|input| model.forward(&input, position)).map_err(|e| self.inference_error(e))?);
-            position += chunk.len();
+            position = end;
+            if keep_at == Some(position) {
+                self.prefixes.keep(&job.prompt[..position], model.clone());
+            }
         }
         let mut logits = logits.ok_or_else(|| self.inference_error("empty prompt"))?;
         let prefill = started.elapsed();
@@ -506,6 +526,7 @@ impl Engine {
         tracing::debug!(
             model = %self.id,
             prompt_tokens,
+            reused_prompt_tokens = reused,
             completion_tokens,
             ?finish_reason,
             queue_ms = queue_wait.as_millis() as u64,

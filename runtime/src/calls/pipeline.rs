@@ -126,8 +126,8 @@ enum Report {
 enum Transcription {
     /// The utterance so far, for a live caption.
     Partial { utterance: u64 },
-    /// A whole utterance.
-    Final { start_ms: u64, end_ms: u64, end_of_turn_ms: f64, detected_at: Instant },
+    /// A whole utterance: the caller's turn.
+    Final(FinalTurn),
     /// The utterance as it will be if the caller's pause becomes the end of the turn: its
     /// first `len` samples, the speech and the tail the final transcription would keep.
     Early { utterance: u64, len: usize },
@@ -630,8 +630,7 @@ impl Pipeline {
 
     fn transcribe_turn(&mut self, audio: Arc<[f32]>, turn: FinalTurn) {
         self.deciding += 1;
-        let FinalTurn { start_ms, end_ms, end_of_turn_ms, detected_at } = turn;
-        self.transcribe(audio, Transcription::Final { start_ms, end_ms, end_of_turn_ms, detected_at }, true);
+        self.transcribe(audio, Transcription::Final(turn), true);
     }
 
     /// Once the caller has paused for [`EARLY_PAUSE`], transcribes the utterance as the turn
@@ -672,8 +671,7 @@ impl Pipeline {
             Some(Ok(transcript)) => {
                 drop(heard);
                 self.deciding += 1;
-                let FinalTurn { start_ms, end_ms, end_of_turn_ms, detected_at } = turn;
-                let kind = Transcription::Final { start_ms, end_ms, end_of_turn_ms, detected_at };
+                let kind = Transcription::Final(turn);
                 let _ = self.report.send(Report::Transcribed { kind, result: Ok(transcript), took: Duration::ZERO });
             }
             Some(Err(_)) => self.transcribe_turn(heard.audio.into(), turn),
@@ -746,12 +744,7 @@ impl Pipeline {
                     }
                 }
             }
-            Report::Transcribed {
-                kind: Transcription::Final { start_ms, end_ms, end_of_turn_ms, detected_at, .. },
-                result,
-                took,
-            } => {
-                let turn = FinalTurn { start_ms, end_ms, end_of_turn_ms, detected_at };
+            Report::Transcribed { kind: Transcription::Final(turn), result, took } => {
                 self.on_final(turn, result, took).await;
             }
             Report::Answer { reply, event } => self.on_answer(reply, event).await,
