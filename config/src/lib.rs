@@ -266,6 +266,9 @@ pub struct ModelSettings {
     pub remote_connect_timeout_seconds: u64,
     /// Seconds without a byte from a remote provider before the answer fails.
     pub remote_read_timeout_seconds: u64,
+    /// Let tenants' remote model and voice providers be at private, loopback or link-local
+    /// addresses (a model server on the operator's own network). Off: only public addresses.
+    pub allow_private_providers: bool,
 }
 
 impl Default for ModelSettings {
@@ -277,6 +280,7 @@ impl Default for ModelSettings {
             local_queue: 16,
             remote_connect_timeout_seconds: 10,
             remote_read_timeout_seconds: 60,
+            allow_private_providers: false,
         }
     }
 }
@@ -807,6 +811,7 @@ pub const SETTING_KEYS: &[&str] = &[
     "models.local_queue",
     "models.remote_connect_timeout_seconds",
     "models.remote_read_timeout_seconds",
+    "models.allow_private_providers",
     "chat.max_frame_bytes",
     "chat.max_message_chars",
     "chat.visitor_messages_per_minute",

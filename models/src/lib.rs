@@ -12,6 +12,7 @@ pub mod audio;
 pub mod embed;
 pub mod error;
 pub mod llm;
+pub mod net;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod packages;

@@ -157,6 +157,7 @@ impl Kind {
             read_timeout: Duration::from_secs(3),
             max_retries: 3,
             initial_backoff: Duration::from_millis(10),
+            public_addresses_only: false,
         }
     }
 
@@ -571,4 +572,43 @@ async fn openai_compatible_without_usage_or_done_still_finishes() {
         }
         other => panic!("expected Done, got {other:?}"),
     }
+}
+
+/// With `public_addresses_only`, a provider at a private address literal is refused when the
+/// client is made, and one at a name resolving to loopback fails before connecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_addresses_only_refuses_private_providers() {
+    for kind in [Kind::OpenAi, Kind::Anthropic] {
+        let literal = RemoteSettings { public_addresses_only: true, ..kind.settings("127.0.0.1:9".parse().unwrap()) };
+        let error = match kind {
+            Kind::OpenAi => OpenAiCompatible::new(literal).err(),
+            Kind::Anthropic => Anthropic::new(literal).err(),
+        };
+        let error = error.expect("a loopback literal is refused").to_string();
+        assert!(error.contains("127.0.0.1") && error.contains("loopback"), "{error}");
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let settings = RemoteSettings {
+        base_url: format!("http://localhost:{port}/v1"),
+        public_addresses_only: true,
+        max_retries: 0,
+        ..Kind::OpenAi.settings("127.0.0.1:9".parse().unwrap())
+    };
+    let model = OpenAiCompatible::new(settings).unwrap();
+    let request = GenerationRequest {
+        model: "m".to_owned(),
+        messages: vec![ChatMessage::new(ChatRole::User, "Hello")],
+        params: GenerationParams::default(),
+    };
+    let error = match model.generate(request).await {
+        Ok(mut stream) => match stream.recv().await {
+            Some(Err(error)) => error,
+            other => panic!("expected an error, got {other:?}"),
+        },
+        Err(error) => error,
+    };
+    assert!(matches!(error, ModelError::Unreachable { .. }), "{error}");
+    let accepted = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+    assert!(accepted.is_err(), "nothing connected to the loopback provider");
 }

@@ -96,6 +96,7 @@ impl FakeSpeechServer {
             read_timeout: Duration::from_secs(5),
             max_retries: 2,
             initial_backoff: Duration::from_millis(10),
+            public_addresses_only: false,
         }
     }
 

@@ -296,6 +296,8 @@ pub async fn create(runtime: &Runtime, principal: &Principal, input: AgentInput)
     if input.name.is_none() {
         return Err(Error::invalid("name", "is required"));
     }
+    let model_url = input.model.as_ref().and_then(|model| model.base_url.as_deref());
+    check_provider_addresses(runtime, model_url, input.voice.as_ref().and_then(|voice| voice.base_url.as_deref()))?;
     let mut transaction = runtime.database().begin().await?;
     let agent = insert_in(&mut transaction, principal.tenant_id, input).await?;
     audit::record(&mut transaction, AuditRecord::by_key(principal, "agent.create", "agent", agent.id.to_string()))
@@ -387,6 +389,7 @@ pub async fn update(runtime: &Runtime, principal: &Principal, agent_id: Uuid, in
     apply!(name, system_prompt, greeting, language, model, retrieval, voice, retention, allowed_origins, widget);
     agent.updated_at = storage::now();
     validate(&agent)?;
+    check_provider_addresses(runtime, agent.model.base_url.as_deref(), agent.voice.base_url.as_deref())?;
     storage::agents::update(&mut transaction, &agent).await?;
     let record = AuditRecord::by_key(principal, "agent.update", "agent", agent.id.to_string())
         .with_details(serde_json::json!({ "fields": changed }));
@@ -576,6 +579,28 @@ fn check_base_url(field: &str, url: &str) -> Result<()> {
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(Error::invalid(field, "must not contain credentials (store the key as a provider key)"));
+    }
+    Ok(())
+}
+
+/// Remote providers' hosts given as IP addresses must be public unless the operator allows
+/// private providers (`models.allow_private_providers`). Names are checked when they are
+/// resolved, on every connection (`parley_models::net::PublicOnly`).
+fn check_provider_addresses(runtime: &Runtime, model_url: Option<&str>, voice_url: Option<&str>) -> Result<()> {
+    if runtime.settings().models.allow_private_providers {
+        return Ok(());
+    }
+    for (field, url) in [("model.base_url", model_url), ("voice.base_url", voice_url)] {
+        let parsed = url.and_then(|url| reqwest::Url::parse(url).ok());
+        if let Some((ip, reason)) = parsed.as_ref().and_then(parley_models::net::forbidden_literal) {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "is at {ip}, {reason}; remote providers may only be at public addresses (the operator can \
+                     allow private providers with models.allow_private_providers)"
+                ),
+            ));
+        }
     }
     Ok(())
 }

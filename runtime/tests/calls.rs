@@ -112,6 +112,8 @@ async fn node(embedder: Arc<dyn parley_models::Embedder>, tweak: impl FnOnce(&mu
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Settings { data_dir: dir.path().to_owned(), ..Settings::default() };
     settings.demo.enabled = false;
+    // The fake speech servers of these tests listen on loopback.
+    settings.models.allow_private_providers = true;
     tweak(&mut settings);
     settings.validate().unwrap();
     let database = Database::connect(&settings.database_url(), settings.database.max_connections).await.unwrap();

@@ -304,3 +304,53 @@ async fn turn_engine_through_llama_server() {
     assert_eq!(frames.last().unwrap()["type"], "complete", "{frames:?}");
     server.stop().await;
 }
+
+/// Unless the operator allows private providers, a tenant's provider must be at a public
+/// address: a private address literal is refused when the agent is saved (chat model and
+/// voice alike), and a name that resolves to one when the answer would connect, before any byte
+/// reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_at_private_addresses_are_refused() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = reached.clone();
+    tokio::spawn(async move {
+        if listener.accept().await.is_ok() {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let server = TestServer::start_with(Backend::Sqlite, |settings| settings.models.allow_private_providers = false)
+        .await
+        .unwrap();
+    let (_, owner) = server.tenant("Private").await;
+    let model = |base_url: &str| json!({ "provider": "openai_compatible", "model": "m", "base_url": base_url });
+    let voice = |base_url: &str| json!({ "enabled": true, "provider": "openai", "model": "tts-1", "remote_voice": "nova", "base_url": base_url });
+    for (body, field) in [
+        (json!({ "name": "x", "model": model("http://169.254.169.254/v1") }), "model.base_url"),
+        (json!({ "name": "x", "model": model(&format!("http://127.0.0.1:{port}/v1")) }), "model.base_url"),
+        (json!({ "name": "x", "voice": voice("http://[fd00:ec2::254]/v1") }), "voice.base_url"),
+        (json!({ "name": "x", "voice": voice("http://10.1.2.3/v1") }), "voice.base_url"),
+    ] {
+        let (status, problem) = server.post("/admin/v1/agents", &owner, body).await;
+        assert_eq!(
+            (status, problem["code"].as_str(), problem["field"].as_str()),
+            (422, Some("invalid_input"), Some(field)),
+            "{problem}"
+        );
+        assert!(problem["detail"].as_str().unwrap().contains("models.allow_private_providers"), "{problem}");
+    }
+
+    // A name is checked when it is resolved: `localhost` is loopback, so the answer fails and
+    // the provider listening there hears nothing.
+    let (_, agent) = remote_agent(&server, &format!("http://localhost:{port}/v1"), "any-model", None).await;
+    let mut client = ChatClient::connect(&server.base, agent["public_id"].as_str().unwrap(), None).await.unwrap();
+    client.hello(json!({})).await;
+    let frames = client.ask("p-1", "Hello?").await;
+    let error = frames.iter().find(|frame| frame["type"] == "error").unwrap_or_else(|| panic!("{frames:?}"));
+    assert_eq!(error["code"], "provider_error", "{error}");
+    assert_eq!(frames.last().unwrap()["finish_reason"], "error");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!reached.load(std::sync::atomic::Ordering::SeqCst), "no connection reached the private address");
+    server.stop().await;
+}

@@ -105,6 +105,9 @@ impl TestServer {
         };
         settings.rate_limit.burst = 10_000;
         settings.rate_limit.requests_per_second = 10_000.0;
+        // The fake and real providers of these tests listen on loopback; tests of the refusal
+        // turn this off again.
+        settings.models.allow_private_providers = true;
         if backend == Backend::Postgres {
             settings.database.url = Some(fresh_postgres_database().await?);
         }

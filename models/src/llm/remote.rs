@@ -49,6 +49,11 @@ pub struct RemoteSettings {
     pub max_retries: u32,
     /// Backoff before the first retry; it doubles with every further retry.
     pub initial_backoff: Duration,
+    /// Connect only to public addresses: a base URL whose host is a private, loopback,
+    /// link-local or metadata address is refused, and so is a name resolving to one
+    /// ([`crate::net`]). Off by default; Parley turns it on for tenants' providers unless the
+    /// operator allows private providers.
+    pub public_addresses_only: bool,
 }
 
 impl RemoteSettings {
@@ -73,6 +78,7 @@ impl Default for RemoteSettings {
             read_timeout: Duration::from_secs(60),
             max_retries: 3,
             initial_backoff: Duration::from_millis(500),
+            public_addresses_only: false,
         }
     }
 }
@@ -86,6 +92,7 @@ impl fmt::Debug for RemoteSettings {
             .field("read_timeout", &self.read_timeout)
             .field("max_retries", &self.max_retries)
             .field("initial_backoff", &self.initial_backoff)
+            .field("public_addresses_only", &self.public_addresses_only)
             .finish()
     }
 }
@@ -205,16 +212,26 @@ impl fmt::Debug for Remote {
 
 impl Remote {
     pub fn new(provider: String, settings: RemoteSettings) -> Result<Self, ModelError> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
-            // A redirect could carry the API key (`x-api-key` is not stripped) to another host.
+            // A redirect could carry the API key (`x-api-key` is not stripped) to another host,
+            // or lead to an address the checks below would refuse.
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("parley/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ModelError::InvalidRequest {
-                model: provider.clone(),
-                reason: format!("cannot build the HTTP client: {e}"),
-            })?;
+            .user_agent(concat!("parley/", env!("CARGO_PKG_VERSION")));
+        if settings.public_addresses_only {
+            let base = reqwest::Url::parse(&settings.base_url).ok();
+            if let Some((ip, reason)) = base.as_ref().and_then(crate::net::forbidden_literal) {
+                return Err(ModelError::InvalidRequest {
+                    model: provider,
+                    reason: format!("the provider's address {ip} is {reason}; only public addresses may be reached"),
+                });
+            }
+            builder = builder.dns_resolver(std::sync::Arc::new(crate::net::PublicOnly));
+        }
+        let client = builder.build().map_err(|e| ModelError::InvalidRequest {
+            model: provider.clone(),
+            reason: format!("cannot build the HTTP client: {e}"),
+        })?;
         Ok(Self { provider, settings, client })
     }
 

@@ -506,6 +506,7 @@ async fn remote_voice(runtime: &Runtime, agent: &Agent) -> std::result::Result<A
         // A caller is waiting: one quick retry, then the local voice.
         max_retries: 1,
         initial_backoff: Duration::from_millis(200),
+        public_addresses_only: !models.allow_private_providers,
     };
     let speech = OpenAiSpeech::new(remote, model, voice).map_err(|error| error.to_string())?;
     Ok(Arc::new(speech))

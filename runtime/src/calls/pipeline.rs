@@ -883,7 +883,7 @@ impl Pipeline {
                 self.replies.push(Reply {
                     number,
                     user_message_id,
-                    splitter: SentenceSplitter::new(),
+                    splitter: SentenceSplitter::answer(),
                     synthesizing: 0,
                     spoken: Vec::new(),
                     complete: None,

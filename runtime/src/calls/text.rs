@@ -3,6 +3,9 @@
 
 /// A sentence longer than this is cut at its last comma or space, so synthesis starts early.
 const MAX_SENTENCE_CHARS: usize = 240;
+/// An answer's first piece may end at a clause (`,` `;` `:`) once it has this many words, so
+/// the agent starts speaking before the first sentence is written to its end.
+const FIRST_CLAUSE_WORDS: usize = 4;
 /// Abbreviations whose full stop ends no sentence.
 const ABBREVIATIONS: &[&str] =
     &["mr", "mrs", "ms", "dr", "prof", "st", "e.g", "i.e", "vs", "no", "approx", "inc", "ltd"];
@@ -11,6 +14,8 @@ const ABBREVIATIONS: &[&str] =
 #[derive(Debug, Default)]
 pub struct SentenceSplitter {
     buffer: String,
+    /// The next piece may end at a clause of at least [`FIRST_CLAUSE_WORDS`] words.
+    clause_first: bool,
 }
 
 impl SentenceSplitter {
@@ -18,10 +23,30 @@ impl SentenceSplitter {
         Self::default()
     }
 
+    /// A splitter for an answer being written: its first piece ends at the first clause of
+    /// [`FIRST_CLAUSE_WORDS`] words or more if that comes before the end of the sentence.
+    pub fn answer() -> Self {
+        Self { buffer: String::new(), clause_first: true }
+    }
+
     /// Adds a piece of the answer; returns the sentences it completes, in order.
     pub fn push(&mut self, piece: &str) -> Vec<String> {
         self.buffer.push_str(piece);
         let mut sentences = Vec::new();
+        if self.clause_first {
+            let end = match (sentence_end(&self.buffer), clause_end(&self.buffer)) {
+                (Some(sentence), Some(clause)) => Some(sentence.min(clause)),
+                (sentence, clause) => sentence.or(clause),
+            };
+            if let Some(end) = end {
+                self.clause_first = false;
+                let rest = self.buffer.split_off(end);
+                let first = std::mem::replace(&mut self.buffer, rest);
+                if !first.trim().is_empty() {
+                    sentences.push(first.trim().to_owned());
+                }
+            }
+        }
         while let Some(end) = sentence_end(&self.buffer) {
             let rest = self.buffer.split_off(end);
             let sentence = std::mem::replace(&mut self.buffer, rest);
@@ -72,6 +97,22 @@ fn sentence_end(text: &str) -> Option<usize> {
         let head = &text[..cut];
         let at = head.rfind(", ").map(|index| index + 2).or_else(|| head.rfind(' ').map(|index| index + 1));
         return Some(at.filter(|at| *at > 0).unwrap_or(cut));
+    }
+    None
+}
+
+/// The byte index just past the first clause of `text` with at least [`FIRST_CLAUSE_WORDS`]
+/// words: a `,`, `;` or `:` followed by white space (so not `3,000` or `9:30`).
+fn clause_end(text: &str) -> Option<usize> {
+    let mut chars = text.char_indices().peekable();
+    while let Some((index, character)) = chars.next() {
+        if !matches!(character, ',' | ';' | ':') {
+            continue;
+        }
+        let &(after, following) = chars.peek()?;
+        if following.is_whitespace() && text[..index].split_whitespace().count() >= FIRST_CLAUSE_WORDS {
+            return Some(after);
+        }
     }
     None
 }
@@ -215,6 +256,23 @@ mod tests {
         assert!(splitter.push(" am fine").is_empty());
         assert_eq!(splitter.finish().as_deref(), Some("I am fine"));
         assert_eq!(splitter.finish(), None);
+    }
+
+    #[test]
+    fn an_answers_first_piece_may_end_at_a_clause() {
+        let mut splitter = SentenceSplitter::answer();
+        assert!(splitter.push("No, you can").is_empty(), "one word is too short a clause");
+        assert_eq!(splitter.push("not. The fine is"), vec!["No, you cannot.".to_owned()]);
+        let mut splitter = SentenceSplitter::answer();
+        assert!(splitter.push("It costs 3,000 dollars at 9:30").is_empty(), "no clause without a space after");
+        assert!(splitter.push(" in the shop,").is_empty(), "what follows the comma is not known yet");
+        assert_eq!(
+            splitter.push(" and more, or less. Then"),
+            vec!["It costs 3,000 dollars at 9:30 in the shop,".to_owned(), "and more, or less.".to_owned(),]
+        );
+        assert_eq!(splitter.finish().as_deref(), Some("Then"));
+        // Only the first piece: disclosures and greetings keep whole sentences.
+        assert_eq!(split(&["Hello there, and welcome to the library. Ask away."]).len(), 2);
     }
 
     #[test]

@@ -98,6 +98,7 @@ impl ModelRegistry {
         settings.api_key = api_key;
         settings.connect_timeout = self.connect_timeout;
         settings.read_timeout = self.read_timeout;
+        settings.public_addresses_only = !runtime.settings().models.allow_private_providers;
         let client: Arc<dyn LanguageModel> = if choice.provider == ModelProvider::Anthropic {
             Arc::new(Anthropic::new(settings)?)
         } else {

@@ -39,9 +39,9 @@ fn boundary_before(tokens: usize) -> usize {
     tokens / step * step
 }
 
-/// Tokens of kept starts held at most, over all of them (each token's keys and values take
-/// about 46 KB in SmolLM2-135M: 30 layers × 2 × 192 floats).
-const MAX_KEPT_TOKENS: usize = 2_048;
+/// Tokens of kept starts held at most, over all of them: about 47 MB for SmolLM2-135M, whose
+/// keys and values take 46 KB a token (30 layers × 2 × 192 floats).
+const MAX_KEPT_TOKENS: usize = 1_024;
 
 /// Kept starts, most recently used last, and the previous prompt.
 pub(super) struct PrefixCache {
