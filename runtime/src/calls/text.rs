@@ -33,21 +33,8 @@ impl SentenceSplitter {
     pub fn push(&mut self, piece: &str) -> Vec<String> {
         self.buffer.push_str(piece);
         let mut sentences = Vec::new();
-        if self.clause_first {
-            let end = match (sentence_end(&self.buffer), clause_end(&self.buffer)) {
-                (Some(sentence), Some(clause)) => Some(sentence.min(clause)),
-                (sentence, clause) => sentence.or(clause),
-            };
-            if let Some(end) = end {
-                self.clause_first = false;
-                let rest = self.buffer.split_off(end);
-                let first = std::mem::replace(&mut self.buffer, rest);
-                if !first.trim().is_empty() {
-                    sentences.push(first.trim().to_owned());
-                }
-            }
-        }
-        while let Some(end) = sentence_end(&self.buffer) {
+        while let Some(end) = self.piece_end() {
+            self.clause_first = false;
             let rest = self.buffer.split_off(end);
             let sentence = std::mem::replace(&mut self.buffer, rest);
             let sentence = sentence.trim();
@@ -56,6 +43,19 @@ impl SentenceSplitter {
             }
         }
         sentences
+    }
+
+    /// Where the next piece ends: the end of the sentence, or of the first clause when that
+    /// comes first and may end a piece.
+    fn piece_end(&self) -> Option<usize> {
+        let sentence = sentence_end(&self.buffer);
+        if !self.clause_first {
+            return sentence;
+        }
+        match (sentence, clause_end(&self.buffer)) {
+            (Some(sentence), Some(clause)) => Some(sentence.min(clause)),
+            (sentence, clause) => sentence.or(clause),
+        }
     }
 
     /// The rest of the answer, once it is complete.
